@@ -1,0 +1,168 @@
+"""Configuration, read once from the environment.
+
+Every setting has a default so that `marketplace-pay serve` runs with nothing configured
+(embedded PostgreSQL and Redis, in-memory bus). The README lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value that cannot be used."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+PSP_SCENARIOS = ("NORMAL", "PEAK", "DEGRADED", "BEST_PSP_EVER")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # services: None means "embedded" for PostgreSQL/Redis and "in-memory bus" for Kafka
+    database_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    data_dir: Path = Path(".marketplace-pay")
+    instance_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    # auth
+    jwt_secret: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+
+    # PSP simulator
+    psp_scenario: str = "NORMAL"
+    psp_seed: int = 0
+    psp_auth_timeout_ms: int = 500
+    psp_capture_timeout_ms: int = 500
+
+    # capture retries (seed §7.1)
+    retry_base_ms: int = 2000
+    retry_cap_ms: int = 60000
+    retry_max: int = 5
+    retry_poll_ms: int = 500
+    retry_inflight_timeout_ms: int = 60000
+
+    # payments
+    pending_auth_check_after_ms: int = 2000
+    pending_auth_poll_ms: int = 1000
+    idempotency_ttl_hours: int = 48
+    idempotency_lease_ms: int = 30000
+
+    # outbox / inbox / bus
+    outbox_batch_size: int = 500
+    outbox_poll_ms: int = 1000
+    outbox_inflight_max: int = 5000
+    outbox_retention_s: int = 600
+    inbox_retention_hours: int = 168
+    bus_partitions: int = 4
+    handler_batch_max: int = 200
+    handler_max_attempts: int = 5
+    kafka_session_timeout_ms: int = 10000
+    kafka_topic_partitions: int = 0  # 0 = the seed's partition counts (48/24)
+
+    # balances (issue 4)
+    balance_fold_ms: int = 1000
+    reconcile_interval_s: int = 300
+
+    # database
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    redis_prefix: str = "mp:"
+
+    # runtime
+    log_level: str = "INFO"
+    log_format: str = "json"
+    shutdown_grace_s: int = 20
+    faults: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        scenario = (_str(env, "MP_PSP_SCENARIO", "NORMAL") or "NORMAL").upper()
+        if scenario not in PSP_SCENARIOS:
+            raise SettingsError(f"MP_PSP_SCENARIO must be one of {', '.join(PSP_SCENARIOS)}, got {scenario!r}")
+        log_format = (_str(env, "MP_LOG_FORMAT", "json") or "json").lower()
+        if log_format not in ("json", "text"):
+            raise SettingsError(f"MP_LOG_FORMAT must be json or text, got {log_format!r}")
+        defaults = cls()
+        settings = cls(
+            database_url=_str(env, "DATABASE_URL"),
+            redis_url=_str(env, "REDIS_URL"),
+            kafka_bootstrap_servers=_str(env, "KAFKA_BOOTSTRAP_SERVERS"),
+            data_dir=Path(_str(env, "MP_DATA_DIR", str(defaults.data_dir)) or defaults.data_dir),
+            instance_name=_str(env, "MP_INSTANCE_NAME", defaults.instance_name) or defaults.instance_name,
+            jwt_secret=_str(env, "MP_JWT_SECRET"),
+            jwt_jwks_url=_str(env, "MP_JWT_JWKS_URL"),
+            jwt_issuer=_str(env, "MP_JWT_ISSUER"),
+            jwt_audience=_str(env, "MP_JWT_AUDIENCE"),
+            psp_scenario=scenario,
+            psp_seed=_int(env, "MP_PSP_SEED", defaults.psp_seed),
+            psp_auth_timeout_ms=_int(env, "MP_PSP_AUTH_TIMEOUT_MS", defaults.psp_auth_timeout_ms, minimum=1),
+            psp_capture_timeout_ms=_int(env, "MP_PSP_CAPTURE_TIMEOUT_MS", defaults.psp_capture_timeout_ms, minimum=1),
+            retry_base_ms=_int(env, "MP_RETRY_BASE_MS", defaults.retry_base_ms, minimum=1),
+            retry_cap_ms=_int(env, "MP_RETRY_CAP_MS", defaults.retry_cap_ms, minimum=1),
+            retry_max=_int(env, "MP_RETRY_MAX", defaults.retry_max),
+            retry_poll_ms=_int(env, "MP_RETRY_POLL_MS", defaults.retry_poll_ms, minimum=10),
+            retry_inflight_timeout_ms=_int(
+                env, "MP_RETRY_INFLIGHT_TIMEOUT_MS", defaults.retry_inflight_timeout_ms, minimum=100
+            ),
+            pending_auth_check_after_ms=_int(
+                env, "MP_PENDING_AUTH_CHECK_AFTER_MS", defaults.pending_auth_check_after_ms, minimum=1
+            ),
+            pending_auth_poll_ms=_int(env, "MP_PENDING_AUTH_POLL_MS", defaults.pending_auth_poll_ms, minimum=10),
+            idempotency_ttl_hours=_int(env, "MP_IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, minimum=24),
+            idempotency_lease_ms=_int(env, "MP_IDEMPOTENCY_LEASE_MS", defaults.idempotency_lease_ms, minimum=100),
+            outbox_batch_size=_int(env, "MP_OUTBOX_BATCH_SIZE", defaults.outbox_batch_size, minimum=1),
+            outbox_poll_ms=_int(env, "MP_OUTBOX_POLL_MS", defaults.outbox_poll_ms, minimum=10),
+            outbox_inflight_max=_int(env, "MP_OUTBOX_INFLIGHT_MAX", defaults.outbox_inflight_max, minimum=1),
+            outbox_retention_s=_int(env, "MP_OUTBOX_RETENTION_S", defaults.outbox_retention_s),
+            inbox_retention_hours=_int(env, "MP_INBOX_RETENTION_HOURS", defaults.inbox_retention_hours, minimum=1),
+            bus_partitions=_int(env, "MP_BUS_PARTITIONS", defaults.bus_partitions, minimum=1),
+            handler_batch_max=_int(env, "MP_HANDLER_BATCH_MAX", defaults.handler_batch_max, minimum=1),
+            handler_max_attempts=_int(env, "MP_HANDLER_MAX_ATTEMPTS", defaults.handler_max_attempts, minimum=1),
+            kafka_session_timeout_ms=_int(
+                env, "MP_KAFKA_SESSION_TIMEOUT_MS", defaults.kafka_session_timeout_ms, minimum=1000
+            ),
+            kafka_topic_partitions=_int(env, "MP_KAFKA_TOPIC_PARTITIONS", defaults.kafka_topic_partitions),
+            balance_fold_ms=_int(env, "MP_BALANCE_FOLD_MS", defaults.balance_fold_ms, minimum=10),
+            reconcile_interval_s=_int(env, "MP_RECONCILE_INTERVAL_S", defaults.reconcile_interval_s, minimum=1),
+            db_pool_min=_int(env, "MP_DB_POOL_MIN", defaults.db_pool_min, minimum=1),
+            db_pool_max=_int(env, "MP_DB_POOL_MAX", defaults.db_pool_max, minimum=2),
+            redis_prefix=_str(env, "MP_REDIS_PREFIX", defaults.redis_prefix) or defaults.redis_prefix,
+            log_level=(_str(env, "MP_LOG_LEVEL", "INFO") or "INFO").upper(),
+            log_format=log_format,
+            shutdown_grace_s=_int(env, "MP_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            faults=_str(env, "MP_FAULTS"),
+        )
+        if settings.retry_cap_ms < settings.retry_base_ms:
+            raise SettingsError("MP_RETRY_CAP_MS must be >= MP_RETRY_BASE_MS")
+        if settings.db_pool_min > settings.db_pool_max:
+            raise SettingsError("MP_DB_POOL_MIN must be <= MP_DB_POOL_MAX")
+        return settings
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
