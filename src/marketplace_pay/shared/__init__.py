@@ -1,0 +1,1 @@
+"""Shared kernel: value types and ports used by every context. No I/O here."""
