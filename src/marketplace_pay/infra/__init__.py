@@ -1,0 +1,1 @@
+"""Technology adapters shared by every context: Postgres, Redis, Kafka, outbox, inbox, bus."""

@@ -1,0 +1,209 @@
+"""The Kafka bus (aiokafka). Production: several processes share each subscription through its
+consumer group, partitions keyed as the seed does (SPEC §6).
+
+Producing: acks=all, the outbox relay waits for the acknowledgement before marking rows sent.
+There is no idempotent producer (the Tansu broker used in tests lacks it), so a retried send may
+duplicate a record; consumers are idempotent (inbox), which makes that harmless.
+
+Consuming: one consumer per subscription; each fetched partition batch goes through the
+dispatcher (retries, dead letters) and its offset is committed only after the handler's
+transaction committed. A crash in between redelivers the batch; the inbox absorbs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+
+from marketplace_pay.infra import metrics
+from marketplace_pay.infra.dispatch import Dispatcher
+from marketplace_pay.shared.bus import Message, Subscription
+
+log = logging.getLogger(__name__)
+
+# Partition counts of the seed (§4.4).
+SEED_PARTITIONS = {
+    "payment_authorized_topic": 48,
+    "payment_order_created_topic": 48,
+    "payment_order_capture_request_queue_topic": 48,
+    "payment_order_psp_result_updated_topic": 48,
+    "payment_order_finalized_topic": 48,
+    "ledger_record_request_queue_topic": 24,
+    "ledger_entries_recorded_topic": 24,
+}
+
+
+class KafkaEventBus:
+    pipelined = False
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        bootstrap_servers: str,
+        client_id: str,
+        topics: Sequence[str],
+        topic_partitions: int = 0,
+        session_timeout_ms: int = 10000,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._topics = list(dict.fromkeys(topics))
+        self._topic_partitions = topic_partitions
+        self._session_timeout_ms = session_timeout_ms
+        self._subscriptions: list[Subscription] = []
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def subscribe(self, subscription: Subscription) -> None:
+        if self._producer is not None:
+            raise RuntimeError("subscribe before start()")
+        self._subscriptions.append(subscription)
+        if subscription.event.topic not in self._topics:
+            self._topics.append(subscription.event.topic)
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, client_id=f"{self._client_id}-admin")
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(t, num_partitions=self._topic_partitions or SEED_PARTITIONS.get(t, 12), replication_factor=1)
+                for t in self._topics
+                if t not in existing
+            ]
+            if wanted:
+                try:
+                    await admin.create_topics(wanted)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            await admin.close()
+
+    async def start(self) -> None:
+        self._stopping = False
+        await self._ensure_topics()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=f"{self._client_id}-producer",
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=2,
+            max_batch_size=262144,
+            request_timeout_ms=20000,
+        )
+        await self._producer.start()
+        for sub in self._subscriptions:
+            consumer = AIOKafkaConsumer(
+                sub.event.topic,
+                bootstrap_servers=self._bootstrap,
+                client_id=f"{self._client_id}-{sub.consumer}",
+                group_id=sub.consumer,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=max(100, self._session_timeout_ms // 5),
+                max_poll_records=sub.batch_max,
+                fetch_max_wait_ms=20,
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
+            self._tasks.append(asyncio.create_task(self._consume(sub, consumer), name=f"kafka:{sub.consumer}"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for consumer in self._consumers:
+            try:
+                await consumer.stop()
+            except KafkaError:
+                pass
+        self._consumers.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, messages: Sequence[Message]) -> asyncio.Future[None]:
+        assert self._producer is not None, "bus not started"
+        acks = []
+        for m in messages:
+            headers = [("eventId", m.event_id.encode()), ("eventType", m.event_type.encode())]
+            if m.traceparent:
+                headers.append(("traceparent", m.traceparent.encode()))
+            acks.append(await self._producer.send(m.topic, value=m.value, key=m.key.encode(), headers=headers))
+        return asyncio.ensure_future(_all_acked(acks))
+
+    async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=sub.batch_max)
+            except KafkaError as exc:
+                log.warning("kafka fetch failed", extra={"consumer": sub.consumer, "error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            for tp, records in batches.items():
+                messages = [
+                    Message(
+                        topic=r.topic,
+                        key=(r.key or b"").decode(),
+                        event_id=_header(r.headers, "eventId") or "",
+                        event_type=_header(r.headers, "eventType") or "",
+                        value=r.value or b"",
+                        traceparent=_header(r.headers, "traceparent"),
+                    )
+                    for r in records
+                ]
+                await self._dispatcher.deliver(sub, messages)
+                await self._commit(sub, consumer, tp, records[-1].offset + 1)
+            await self._report_lag(sub, consumer)
+
+    async def _commit(self, sub: Subscription, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        try:
+            await consumer.commit({tp: offset})
+        except (CommitFailedError, KafkaError) as exc:
+            # Rebalanced away: the new owner redelivers from the last commit; the inbox dedupes.
+            log.warning("kafka commit failed", extra={"consumer": sub.consumer, "error": repr(exc)})
+
+    async def _report_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = consumer.last_stable_offset(tp) if highwater is None else highwater
+            try:
+                current = await consumer.position(tp)
+            except KafkaError:
+                continue
+            if position is not None:
+                lag += max(0, position - current)
+        metrics.CONSUMER_LAG.labels(sub.consumer).set(lag)
+
+    async def ready(self) -> bool:
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=2)
+        except (TimeoutError, KafkaError):
+            return False
+        return all(not t.done() for t in self._tasks)
+
+
+async def _all_acked(acks: list[asyncio.Future[object]]) -> None:
+    await asyncio.gather(*acks)
+
+
+def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode()
+    return None

@@ -1,0 +1,234 @@
+"""Session-scoped coordination on one dedicated Postgres connection: advisory locks that die with
+the process (instance-id lease, relay leadership), LISTEN, and the instance-id heartbeat.
+
+Transaction-scoped job locks (`run_exclusive`) use pooled connections instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from marketplace_pay.shared.ids import MAX_INSTANCE, SnowflakeGenerator
+
+log = logging.getLogger(__name__)
+
+NS_INSTANCE = 0x4D500001
+NS_RELAY = 0x4D500002
+NS_JOB = 0x4D500003
+
+T = TypeVar("T")
+
+
+class SessionLocks:
+    """One connection, serialized. If it breaks, every lock it held is gone: users learn it from
+    `generation` changing (and `on_lost` callbacks) and must re-acquire."""
+
+    def __init__(self, dsn: str, *, application_name: str) -> None:
+        self._dsn = dsn
+        self._application_name = application_name
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._held: set[tuple[int, int]] = set()
+        self._listeners: dict[str, Callable[[], None]] = {}
+        self.generation = 0
+        self.on_lost: list[Callable[[], None]] = []
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": f"{self._application_name}:locks"}
+        )
+        for channel, callback in self._listeners.items():
+            await self._conn.add_listener(channel, _listener(callback))
+
+    async def stop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._held.clear()
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                conn.terminate()
+
+    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                raise ConnectionError("lock connection is down")
+            try:
+                return await asyncio.wait_for(fn(self._conn), timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                self._lose()
+                raise
+
+    def _lose(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        if self._held:
+            log.error("lost the lock connection; every session lock is gone", extra={"locks": len(self._held)})
+        self._held.clear()
+        self.generation += 1
+        for callback in self.on_lost:
+            callback()
+
+    async def reconnect_if_needed(self) -> bool:
+        """Reconnect after a loss. True if connected afterwards."""
+        if self._conn is not None and not self._conn.is_closed():
+            return True
+        try:
+            await self.start()
+            return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("lock connection still down", extra={"error": str(exc)})
+            return False
+
+    def holds(self, namespace: int, key: int) -> bool:
+        return (namespace, key) in self._held
+
+    async def try_lock(self, namespace: int, key: int) -> bool:
+        if self.holds(namespace, key):
+            return True
+        got = await self._run(lambda c: c.fetchval("SELECT pg_try_advisory_lock($1, $2)", namespace, key))
+        if got:
+            self._held.add((namespace, key))
+        return bool(got)
+
+    async def unlock(self, namespace: int, key: int) -> None:
+        if (namespace, key) in self._held:
+            self._held.discard((namespace, key))
+            await self._run(lambda c: c.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, key))
+
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        self._listeners[channel] = callback
+        await self._run(lambda c: c.add_listener(channel, _listener(callback)))
+
+    async def execute(self, query: str, *args: object) -> str:
+        return await self._run(lambda c: c.execute(query, *args))
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        return await self._run(lambda c: c.fetchval(query, *args))
+
+
+def _listener(callback: Callable[[], None]) -> Callable[..., None]:
+    def on_notify(*_: object) -> None:
+        callback()
+
+    return on_notify
+
+
+def job_lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+async def run_exclusive(pool: asyncpg.Pool, name: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T | None:
+    """Run `fn` if no other process runs the job `name` right now (transaction advisory lock,
+    released at commit or when the connection dies). Returns None if skipped."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", NS_JOB, job_lock_key(name)):
+            return None
+        return await fn(conn)
+
+
+class IdsUnavailable(RuntimeError):
+    """The instance-id lease is not confirmed; minting ids could collide with another process."""
+
+
+class LeasedIdGenerator:
+    """Snowflake ids with an instance id leased from Postgres.
+
+    Holding: a session advisory lock on the id plus a heartbeat row refreshed every
+    `heartbeat_s`. Taking: only ids whose heartbeat is older than `stale_after_s`. Minting: only
+    while the last heartbeat succeeded less than `stale_after_s / 2` ago. So a process that
+    loses its session stops minting before anyone may take its id."""
+
+    def __init__(
+        self,
+        locks: SessionLocks,
+        *,
+        holder: str,
+        heartbeat_s: float = 1.0,
+        stale_after_s: float = 5.0,
+        preferred: int | None = None,
+    ) -> None:
+        self._locks = locks
+        self._holder = holder
+        self.heartbeat_s = heartbeat_s
+        self._stale_after_s = stale_after_s
+        self._preferred = zlib.crc32(holder.encode()) % (MAX_INSTANCE + 1) if preferred is None else preferred
+        self._generator: SnowflakeGenerator | None = None
+        self._confirmed_at = 0.0
+        self._generation = -1
+
+    @property
+    def instance_id(self) -> int | None:
+        return None if self._generator is None else self._generator.instance_id
+
+    async def acquire(self) -> int:
+        ids = list(range(MAX_INSTANCE + 1))
+        start = self._preferred
+        for candidate in ids[start:] + ids[:start]:
+            if not await self._locks.try_lock(NS_INSTANCE, candidate):
+                continue
+            taken = await self._locks.fetchval(
+                """INSERT INTO instance_leases (instance_id, holder, heartbeat_at) VALUES ($1, $2, now())
+                   ON CONFLICT (instance_id) DO UPDATE SET holder = EXCLUDED.holder, heartbeat_at = now()
+                   WHERE instance_leases.heartbeat_at < now() - make_interval(secs => $3)
+                      OR instance_leases.holder = EXCLUDED.holder
+                   RETURNING instance_id""",
+                candidate,
+                self._holder,
+                self._stale_after_s,
+            )
+            if taken is None:  # its previous holder may still be minting: leave it alone
+                await self._locks.unlock(NS_INSTANCE, candidate)
+                continue
+            self._generator = SnowflakeGenerator(candidate)
+            self._confirmed_at = time.monotonic()
+            self._generation = self._locks.generation
+            log.info("leased snowflake instance id", extra={"instanceId": candidate})
+            return candidate
+        raise IdsUnavailable("all 32 snowflake instance ids are in use")
+
+    async def heartbeat(self) -> None:
+        """Refresh the lease; re-acquire after a lost session. Called every `heartbeat_s`."""
+        if self._generator is None or self._generation != self._locks.generation:
+            self._generator = None
+            if await self._locks.reconnect_if_needed():
+                await self.acquire()
+            return
+        updated = await self._locks.fetchval(
+            "UPDATE instance_leases SET heartbeat_at = now() WHERE instance_id = $1 AND holder = $2 RETURNING 1",
+            self._generator.instance_id,
+            self._holder,
+        )
+        if updated:
+            self._confirmed_at = time.monotonic()
+        else:
+            log.error("snowflake lease row taken over; re-leasing")
+            await self._locks.unlock(NS_INSTANCE, self._generator.instance_id)
+            self._generator = None
+            await self.acquire()
+
+    async def release(self) -> None:
+        if self._generator is not None:
+            instance = self._generator.instance_id
+            self._generator = None
+            try:
+                await self._locks.execute(
+                    "DELETE FROM instance_leases WHERE instance_id = $1 AND holder = $2", instance, self._holder
+                )
+                await self._locks.unlock(NS_INSTANCE, instance)
+            except (ConnectionError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass  # the session ends with the process; the row goes stale
+
+    def next_id(self, shard: int) -> int:
+        generator = self._generator
+        if generator is None or time.monotonic() - self._confirmed_at > self._stale_after_s / 2:
+            raise IdsUnavailable("snowflake instance lease not confirmed")
+        return generator.next_id(shard)

@@ -1,0 +1,30 @@
+"""Prometheus metrics (SPEC §9), exposed at /metrics. Definitions only; no I/O."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows not yet sent")
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published and marked sent")
+OUTBOX_PUBLISH_FAILURES = Counter("outbox_publish_failures_total", "Outbox batches that failed to publish")
+PSP_CALLS = Counter("psp_calls_total", "PSP calls by operation and result", ["operation", "result"])
+RETRY_QUEUE_SIZE = Gauge("retry_queue_size", "Capture retries waiting in Redis", ["state"])
+CONSUMER_LAG = Gauge("consumer_lag", "Kafka consumer lag per consumer group", ["consumer"])
+BALANCE_DRIFT = Gauge("balance_drift_accounts", "Accounts whose balance differs from the sum of their postings")
+BALANCE_DRIFT_MINOR = Gauge("balance_drift_minor_units", "Sum of absolute balance differences, minor units")
+HANDLED_EVENTS = Counter("handler_events_total", "Events handled", ["consumer"])
+HANDLER_FAILURES = Counter("handler_failures_total", "Handler failures", ["consumer", "kind"])
+HANDLER_SECONDS = Histogram(
+    "handler_batch_seconds",
+    "Handler batch duration",
+    ["consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+DEAD_LETTERS = Counter("dead_letters_total", "Events dead-lettered", ["consumer"])
+PAYMENTS_CREATED = Counter("payments_created_total", "Payments created, by authorization result", ["status"])
