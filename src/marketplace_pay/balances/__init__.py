@@ -1,0 +1,1 @@
+"""Balances context: real-time account balances (snapshot in Postgres + deltas in Redis)."""

@@ -1,0 +1,184 @@
+"""`marketplace-pay`: serve, migrate, token, sellers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from marketplace_pay.settings import Settings, SettingsError
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"marketplace-pay: {exc}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from marketplace_pay.entrypoints.http import create_app
+    from marketplace_pay.infra.logs import setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings=settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        backlog=2048,
+    )
+    return 0
+
+
+async def _with_db(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, migrated: bool = True) -> T:
+    from marketplace_pay.bootstrap import resolve_dsn
+    from marketplace_pay.infra.db import migrate
+
+    conn = await asyncpg.connect(await resolve_dsn(settings))
+    try:
+        if migrated:
+            await migrate(conn)
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from marketplace_pay.infra.db import migrate
+
+    applied = asyncio.run(_with_db(_settings(), migrate, migrated=False))
+    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from marketplace_pay.infra.auth import ROLES, issue_token, resolve_jwt_secret
+
+    settings = _settings()
+    unknown = [r for r in args.role if r not in ROLES]
+    if unknown:
+        print(f"warning: unknown role(s) {', '.join(unknown)}; known: {', '.join(ROLES)}", file=sys.stderr)
+    if "SELLER" in args.role and not args.seller:
+        print("warning: a SELLER token without --seller cannot read any balance", file=sys.stderr)
+    secret = resolve_jwt_secret(settings.jwt_secret, settings.data_dir)
+    print(
+        issue_token(
+            secret,
+            roles=args.role,
+            seller_id=args.seller,
+            ttl_s=args.ttl,
+            subject=args.sub,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
+    return 0
+
+
+def _seller_json(seller: Any) -> dict[str, Any]:
+    return {
+        "sellerId": seller.seller_id,
+        "accountCode": seller.account_code,
+        "currency": seller.currency.value,
+        "status": seller.status.value,
+        "commissionBps": seller.commission_bps,
+    }
+
+
+def cmd_sellers(args: argparse.Namespace) -> int:
+    from marketplace_pay.ledger.application.directory import OnboardSeller, change_seller_status, onboard_seller
+    from marketplace_pay.ledger.domain.accounts import AccountStatus
+    from marketplace_pay.shared.errors import DomainError
+    from marketplace_pay.shared.money import Currency
+
+    settings = _settings()
+
+    async def run(conn: asyncpg.Connection) -> int:
+        from marketplace_pay.ledger.adapters.postgres import PgSellerStore
+
+        store = PgSellerStore(conn)
+        try:
+            if args.action == "add":
+                seller = await onboard_seller(
+                    OnboardSeller(args.seller_id, Currency(args.currency), args.commission_bps), store=store
+                )
+                print(json.dumps(_seller_json(seller)))
+            elif args.action == "list":
+                for seller in await store.list():
+                    print(json.dumps(_seller_json(seller)))
+            elif args.action == "show":
+                seller = await store.get(args.seller_id)
+                if seller is None:
+                    print(f"seller {args.seller_id} not found", file=sys.stderr)
+                    return 1
+                print(json.dumps(_seller_json(seller)))
+            elif args.action == "set-status":
+                seller = await change_seller_status(args.seller_id, AccountStatus(args.status), store=store)
+                print(json.dumps(_seller_json(seller)))
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            for error in exc.errors:
+                print(f"  {error.field}: {error.message}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(_with_db(settings, run))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="marketplace-pay", description="Payments, ledger and balances for marketplaces")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API, the consumers and the jobs")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(fn=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+
+    token = sub.add_parser("token", help="print a JWT signed with the configured secret")
+    token.add_argument("--role", action="append", required=True, help="repeatable: payment:write, payment:read, SELLER, FINANCE, ADMIN")
+    token.add_argument("--seller", help="seller_id claim (for SELLER tokens)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (default 3600)")
+    token.add_argument("--sub", default="marketplace-pay-cli", help="subject claim")
+    token.set_defaults(fn=cmd_token)
+
+    sellers = sub.add_parser("sellers", help="manage sellers (MERCHANT_PAYABLE accounts)")
+    actions = sellers.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="onboard a seller")
+    add.add_argument("seller_id")
+    add.add_argument("--currency", choices=["EUR", "USD", "GBP"], required=True)
+    add.add_argument("--commission-bps", type=int, default=0, help="platform commission, basis points (default 0)")
+    actions.add_parser("list", help="list sellers")
+    show = actions.add_parser("show", help="show one seller")
+    show.add_argument("seller_id")
+    status = actions.add_parser("set-status", help="ACTIVE, SUSPENDED or CLOSED")
+    status.add_argument("seller_id")
+    status.add_argument("status", choices=["ACTIVE", "SUSPENDED", "CLOSED"])
+    sellers.set_defaults(fn=cmd_sellers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

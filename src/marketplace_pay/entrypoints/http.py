@@ -1,0 +1,154 @@
+"""The HTTP application: `create_app(container=None)`.
+
+With no container, the lifespan opens the resources from the environment (embedded services
+when no URLs are set), runs the consumers, the relay and the jobs, and closes everything on
+shutdown — after uvicorn has drained in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from marketplace_pay.bootstrap import Container, bootstrap, open_resources
+from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS
+from marketplace_pay.entrypoints.jobs import running
+from marketplace_pay.infra import metrics
+from marketplace_pay.infra.openapi import component_schemas
+from marketplace_pay.infra.telemetry import server_span, setup_tracing
+from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
+from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
+from marketplace_pay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def observe(app: ASGIApp) -> ASGIApp:
+    """One server span per request (joining an incoming traceparent) and the latency metric."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        incoming = headers.get(b"traceparent")
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                ctx = span.get_span_context()
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-trace-id", format(ctx.trace_id, "032x").encode())]
+            await send(message)
+
+        with server_span(f"{scope['method']} {scope['path']}", incoming.decode() if incoming else None) as span:
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("path_template", "unmatched")
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.response.status_code", status)
+                metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+@get("/health/live", summary="Liveness", tags=["operations"], sync_to_thread=False)
+def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="Readiness: database, Redis and the bus", tags=["operations"])
+async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    container: Container = request.app.state.container
+    checks: dict[str, str] = {}
+    resources = container.resources
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            ok = await asyncio.wait_for(probe(), timeout=2)
+            checks[name] = "ok" if ok else "down"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks[name] = f"down: {type(exc).__name__}"
+
+    if resources is not None:
+        await check("database", lambda: resources.pool.fetchval("SELECT true"))
+        await check("redis", resources.redis.ping)
+    await check("bus", container.bus.ready)
+    healthy = all(v == "ok" for v in checks.values())
+    return Response(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status_code=200 if healthy else 503,
+        headers=None if healthy else {"Retry-After": "1"},
+    )
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE_LATEST)
+def prometheus() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def attach(app: Litestar, container: Container) -> None:
+    """Make `container` the one the request handlers use."""
+    app.state.container = container
+    app.state.verifier = container.verifier
+
+
+def create_app(container: Container | None = None, *, settings: Settings | None = None) -> Litestar:
+    setup_tracing()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = None
+        active = container
+        if active is None:
+            active_settings = settings or Settings.from_env()
+            owned = await open_resources(active_settings)
+            active = bootstrap(active_settings, owned)
+        attach(app, active)
+        try:
+            async with running(active):
+                log.info("marketplace-pay ready", extra={"instance": active.settings.instance_name})
+                yield
+        finally:
+            if owned is not None:
+                await owned.close()
+            log.info("marketplace-pay stopped")
+
+    app = Litestar(
+        route_handlers=[*PAYMENT_ROUTES, *LEDGER_ROUTES, live, ready, prometheus],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[observe],
+        openapi_config=OpenAPIConfig(
+            title="marketplace-pay",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")},
+            ),
+            security=[{"bearer": []}],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    # Request bodies we decode ourselves (strictly) are described by msgspec; Litestar builds
+    # its component registry from handler signatures only, so add them to the cached document.
+    generated = app.openapi_schema.components
+    generated.schemas = {**(generated.schemas or {}), **component_schemas()}  # type: ignore[dict-item]
+    return app

@@ -1,0 +1,79 @@
+"""The account directory: onboarding sellers (a seller is its MERCHANT_PAYABLE account) and
+changing their status. Payments asks it, through its SellerDirectory port, who can be paid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import msgspec
+
+from marketplace_pay.ledger.domain.accounts import GLOBAL, AccountStatus, AccountType, account_code
+from marketplace_pay.shared.errors import ConflictError, FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.money import Currency
+
+
+class Seller(msgspec.Struct, frozen=True):
+    seller_id: str
+    account_code: str
+    currency: Currency
+    status: AccountStatus
+    commission_bps: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class OnboardSeller(msgspec.Struct, frozen=True):
+    seller_id: str
+    currency: Currency
+    commission_bps: int
+
+
+class SellerStore(Protocol):
+    async def add(self, cmd: OnboardSeller) -> Seller | None:
+        """Create the seller's MERCHANT_PAYABLE account. None if the seller already exists."""
+        ...
+
+    async def get(self, seller_id: str) -> Seller | None: ...
+
+    async def set_status(self, seller_id: str, status: AccountStatus) -> Seller | None: ...
+
+    async def many(self, seller_ids: Sequence[str]) -> list[Seller]: ...
+
+    async def list(self) -> list[Seller]: ...
+
+
+def _check(cmd: OnboardSeller) -> None:
+    errors = []
+    if not cmd.seller_id or len(cmd.seller_id) > 128 or any(c.isspace() for c in cmd.seller_id):
+        errors.append(FieldError("sellerId", "must be 1-128 characters without whitespace"))
+    elif cmd.seller_id == GLOBAL:
+        errors.append(FieldError("sellerId", f"{GLOBAL} is reserved for platform accounts"))
+    if not 0 <= cmd.commission_bps <= 10000:
+        errors.append(FieldError("commissionBps", "must be between 0 and 10000 basis points"))
+    if errors:
+        raise ValidationError("Invalid seller", errors=errors)
+
+
+async def onboard_seller(cmd: OnboardSeller, *, store: SellerStore) -> Seller:
+    _check(cmd)
+    seller = await store.add(cmd)
+    if seller is None:
+        existing = await store.get(cmd.seller_id)
+        raise ConflictError(
+            f"Seller {cmd.seller_id} already exists"
+            + (f" ({existing.account_code})" if existing else "")
+        )
+    return seller
+
+
+async def change_seller_status(seller_id: str, status: AccountStatus, *, store: SellerStore) -> Seller:
+    seller = await store.set_status(seller_id, status)
+    if seller is None:
+        raise NotFoundError(f"Seller {seller_id} not found")
+    return seller
+
+
+def seller_account_code(seller_id: str, currency: Currency) -> str:
+    return account_code(AccountType.MERCHANT_PAYABLE, seller_id, currency)

@@ -1,0 +1,116 @@
+"""Accounts (SPEC §5, seed §8.1–8.2). Code: `<TYPE>.<entityId>.<CCY>`, e.g.
+`MERCHANT_PAYABLE.SELLER-111.EUR`; platform-wide accounts use the entity `GLOBAL`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from marketplace_pay.shared.money import Currency
+
+GLOBAL = "GLOBAL"
+
+
+class NormalBalance(StrEnum):
+    DEBIT = "DEBIT"
+    CREDIT = "CREDIT"
+
+
+class Category(StrEnum):
+    ASSET = "ASSET"
+    EXPENSE = "EXPENSE"
+    LIABILITY = "LIABILITY"
+    EQUITY = "EQUITY"
+    REVENUE = "REVENUE"
+
+
+class AccountType(StrEnum):
+    PLATFORM_CASH = "PLATFORM_CASH"
+    PSP_RECEIVABLES = "PSP_RECEIVABLES"
+    AUTH_RECEIVABLE = "AUTH_RECEIVABLE"
+    AUTH_LIABILITY = "AUTH_LIABILITY"
+    MERCHANT_PAYABLE = "MERCHANT_PAYABLE"
+    PLATFORM_COMMISSION_REVENUE = "PLATFORM_COMMISSION_REVENUE"
+    PSP_FEE_EXPENSE = "PSP_FEE_EXPENSE"
+    INTERCHANGE_FEES = "INTERCHANGE_FEES"
+    SCHEME_FEES = "SCHEME_FEES"
+    BANK_FEES = "BANK_FEES"
+
+    @property
+    def normal_balance(self) -> NormalBalance:
+        return _NORMAL[self]
+
+    @property
+    def category(self) -> Category:
+        return _CATEGORY[self]
+
+
+_NORMAL = {
+    AccountType.PLATFORM_CASH: NormalBalance.DEBIT,
+    AccountType.PSP_RECEIVABLES: NormalBalance.DEBIT,
+    AccountType.AUTH_RECEIVABLE: NormalBalance.DEBIT,
+    AccountType.AUTH_LIABILITY: NormalBalance.CREDIT,
+    AccountType.MERCHANT_PAYABLE: NormalBalance.CREDIT,
+    AccountType.PLATFORM_COMMISSION_REVENUE: NormalBalance.CREDIT,
+    AccountType.PSP_FEE_EXPENSE: NormalBalance.DEBIT,
+    AccountType.INTERCHANGE_FEES: NormalBalance.DEBIT,
+    AccountType.SCHEME_FEES: NormalBalance.DEBIT,
+    AccountType.BANK_FEES: NormalBalance.DEBIT,
+}
+_CATEGORY = {
+    AccountType.PLATFORM_CASH: Category.ASSET,
+    AccountType.PSP_RECEIVABLES: Category.ASSET,
+    AccountType.AUTH_RECEIVABLE: Category.ASSET,
+    AccountType.AUTH_LIABILITY: Category.LIABILITY,
+    AccountType.MERCHANT_PAYABLE: Category.LIABILITY,
+    AccountType.PLATFORM_COMMISSION_REVENUE: Category.REVENUE,
+    AccountType.PSP_FEE_EXPENSE: Category.EXPENSE,
+    AccountType.INTERCHANGE_FEES: Category.EXPENSE,
+    AccountType.SCHEME_FEES: Category.EXPENSE,
+    AccountType.BANK_FEES: Category.EXPENSE,
+}
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    CLOSED = "CLOSED"
+
+
+class Account(msgspec.Struct, frozen=True):
+    type: AccountType
+    entity_id: str
+    currency: Currency
+
+    @property
+    def code(self) -> str:
+        return account_code(self.type, self.entity_id, self.currency)
+
+    @classmethod
+    def global_(cls, type_: AccountType, currency: Currency) -> Account:
+        return cls(type_, GLOBAL, currency)
+
+    @classmethod
+    def merchant(cls, seller_id: str, currency: Currency) -> Account:
+        return cls(AccountType.MERCHANT_PAYABLE, seller_id, currency)
+
+
+def account_code(type_: AccountType, entity_id: str, currency: Currency) -> str:
+    return f"{type_.value}.{entity_id}.{currency.value}"
+
+
+class InvalidAccountCode(ValueError):
+    pass
+
+
+def parse_account_code(code: str) -> Account:
+    """`TYPE.entity.CCY`; the entity may itself contain dots."""
+    type_, _, rest = code.partition(".")
+    entity, _, currency = rest.rpartition(".")
+    if not entity:
+        raise InvalidAccountCode(code)
+    try:
+        return Account(AccountType(type_), entity, Currency(currency))
+    except ValueError:
+        raise InvalidAccountCode(code) from None

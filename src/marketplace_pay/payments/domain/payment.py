@@ -1,0 +1,157 @@
+"""The Payment aggregate: one shopper payment, split into one line per seller.
+
+    PENDING_AUTH ──authorize──▶ AUTHORIZED ──(every order terminal)──▶ CAPTURED
+          │                                                         ├▶ CAPTURED_PARTIALLY
+          └──decline──▶ DECLINED                                    └▶ CAPTURE_FAILED
+
+The ids of the payment orders are allocated with the payment and travel in
+`PaymentAuthorized`, so expanding the payment into orders is a pure function of the event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from marketplace_pay.payments.domain.events import PaymentAuthorized, PaymentLineData
+from marketplace_pay.shared.errors import InvariantViolation
+from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
+from marketplace_pay.shared.money import Currency, Money
+
+MAX_LINES = 100
+
+
+class PaymentStatus(StrEnum):
+    PENDING_AUTH = "PENDING_AUTH"
+    AUTHORIZED = "AUTHORIZED"
+    DECLINED = "DECLINED"
+    CAPTURED = "CAPTURED"
+    CAPTURED_PARTIALLY = "CAPTURED_PARTIALLY"
+    CAPTURE_FAILED = "CAPTURE_FAILED"
+
+
+class PaymentLine(msgspec.Struct, frozen=True):
+    payment_order_id: int
+    seller_id: str
+    amount: Money
+
+
+class Payment:
+    __slots__ = (
+        "payment_id",
+        "buyer_id",
+        "order_id",
+        "total",
+        "captured",
+        "status",
+        "lines",
+        "created_at",
+        "updated_at",
+        "events",
+    )
+
+    def __init__(
+        self,
+        *,
+        payment_id: int,
+        buyer_id: str,
+        order_id: str,
+        total: Money,
+        captured: Money,
+        status: PaymentStatus,
+        lines: list[PaymentLine],
+        created_at: datetime,
+        updated_at: datetime,
+    ) -> None:
+        self.payment_id = payment_id
+        self.buyer_id = buyer_id
+        self.order_id = order_id
+        self.total = total
+        self.captured = captured
+        self.status = status
+        self.lines = lines
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.events: list[PaymentAuthorized] = []
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        payment_id: int,
+        buyer_id: str,
+        order_id: str,
+        total: Money,
+        lines: list[PaymentLine],
+        now: datetime,
+    ) -> Payment:
+        if not lines or len(lines) > MAX_LINES:
+            raise InvariantViolation(f"a payment has 1..{MAX_LINES} lines, got {len(lines)}")
+        if total.amount_minor <= 0:
+            raise InvariantViolation("total amount must be positive")
+        if len({line.seller_id for line in lines}) != len(lines):
+            raise InvariantViolation("a seller appears twice in one payment")
+        if any(line.amount.currency != total.currency for line in lines):
+            raise InvariantViolation("every line must be in the payment's currency")
+        if any(line.amount.amount_minor <= 0 for line in lines):
+            raise InvariantViolation("line amounts must be positive")
+        if sum(line.amount.amount_minor for line in lines) != total.amount_minor:
+            raise InvariantViolation("lines must add up to the total")
+        return cls(
+            payment_id=payment_id,
+            buyer_id=buyer_id,
+            order_id=order_id,
+            total=total,
+            captured=Money.zero(total.currency),
+            status=PaymentStatus.PENDING_AUTH,
+            lines=lines,
+            created_at=now,
+            updated_at=now,
+        )
+
+    @property
+    def currency(self) -> Currency:
+        return self.total.currency
+
+    @property
+    def public_id(self) -> str:
+        return public_payment_id(self.payment_id)
+
+    def authorize(self, now: datetime) -> None:
+        if self.status is not PaymentStatus.PENDING_AUTH:
+            raise InvariantViolation(f"payment can only be authorized from PENDING_AUTH, is {self.status}")
+        self.status = PaymentStatus.AUTHORIZED
+        self.updated_at = now
+        self.events.append(
+            PaymentAuthorized(
+                payment_id=str(self.payment_id),
+                public_payment_id=self.public_id,
+                buyer_id=self.buyer_id,
+                order_id=self.order_id,
+                total_amount_value=self.total.amount_minor,
+                currency=self.currency.value,
+                payment_lines=[
+                    PaymentLineData(
+                        payment_order_id=str(line.payment_order_id),
+                        public_payment_order_id=public_payment_order_id(line.payment_order_id),
+                        seller_id=line.seller_id,
+                        amount_value=line.amount.amount_minor,
+                        currency=line.amount.currency.value,
+                    )
+                    for line in self.lines
+                ],
+                authorized_at=now,
+            )
+        )
+
+    def decline(self, now: datetime) -> None:
+        if self.status is not PaymentStatus.PENDING_AUTH:
+            raise InvariantViolation(f"payment can only be declined from PENDING_AUTH, is {self.status}")
+        self.status = PaymentStatus.DECLINED
+        self.updated_at = now
+
+    def pull_events(self) -> list[PaymentAuthorized]:
+        events, self.events = self.events, []
+        return events

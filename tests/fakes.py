@@ -1,0 +1,265 @@
+"""In-memory fakes of the ports, for unit tests. tests/contract runs the same assertions against
+these and the Postgres adapters so the fakes cannot drift from the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code
+from marketplace_pay.ledger.domain.accounts import AccountStatus
+from marketplace_pay.payments.application.ports import (
+    Acquired,
+    AuthorizationOutcome,
+    IdempotencyBegin,
+    KeyInProgress,
+    KeyMismatch,
+    PendingAuthorization,
+    Replay,
+)
+from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
+from marketplace_pay.shared.clock import Clock, FixedClock
+from marketplace_pay.shared.envelope import Envelope
+from marketplace_pay.shared.ids import SnowflakeGenerator
+from marketplace_pay.shared.money import Currency, Money
+
+
+@dataclass
+class _StoredPayment:
+    payment: Payment
+    idempotency_key: str | None
+    trace_id: str
+    traceparent: str | None
+    auth_check_after: datetime | None = None
+
+
+@dataclass
+class _Key:
+    fingerprint: bytes
+    state: str
+    token: str | None
+    lease_until: datetime | None
+    status: int | None = None
+    body: bytes | None = None
+
+
+@dataclass
+class FakeState:
+    payments: dict[int, _StoredPayment] = field(default_factory=dict)
+    keys: dict[tuple[str, str], _Key] = field(default_factory=dict)
+    outbox: list[Envelope[Any]] = field(default_factory=list)
+    inbox: set[tuple[str, str]] = field(default_factory=set)
+
+
+class FakeDatabase:
+    """Committed state; units of work copy it on entry and swap it in on commit."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.state = FakeState()
+        self.clock = clock or FixedClock()
+        self.commits = 0
+
+
+class FakePaymentRepository:
+    def __init__(self, state: FakeState, clock: Clock) -> None:
+        self._s = state
+        self._clock = clock
+
+    async def add(
+        self, payment: Payment, *, idempotency_key: str | None, trace_id: str, traceparent: str | None
+    ) -> Payment | None:
+        for stored in self._s.payments.values():
+            p = stored.payment
+            if idempotency_key is not None and stored.idempotency_key == idempotency_key:
+                return copy.deepcopy(p)
+            if (
+                idempotency_key is None
+                and stored.idempotency_key is None
+                and (p.buyer_id, p.order_id, p.total) == (payment.buyer_id, payment.order_id, payment.total)
+            ):
+                return copy.deepcopy(p)
+        self._s.payments[payment.payment_id] = _StoredPayment(
+            copy.deepcopy(payment), idempotency_key, trace_id, traceparent
+        )
+        return None
+
+    async def get(self, payment_id: int, *, for_update: bool = False) -> Payment | None:
+        stored = self._s.payments.get(payment_id)
+        return None if stored is None else copy.deepcopy(stored.payment)
+
+    async def save_authorization(self, payment: Payment) -> bool:
+        stored = self._s.payments.get(payment.payment_id)
+        if stored is None or stored.payment.status is not PaymentStatus.PENDING_AUTH:
+            return False
+        stored.payment.status = payment.status
+        stored.payment.updated_at = payment.updated_at
+        stored.auth_check_after = None
+        return True
+
+    async def claim_pending_authorizations(
+        self, *, created_before: datetime, lease_ms: int, limit: int
+    ) -> list[PendingAuthorization]:
+        now = self._clock.now()
+        due = sorted(
+            (
+                s
+                for s in self._s.payments.values()
+                if s.payment.status is PaymentStatus.PENDING_AUTH
+                and s.payment.created_at < created_before
+                and (s.auth_check_after is None or s.auth_check_after < now)
+            ),
+            key=lambda s: s.payment.created_at,
+        )[:limit]
+        for s in due:
+            s.auth_check_after = now + timedelta(milliseconds=lease_ms)
+        return [PendingAuthorization(copy.deepcopy(s.payment), s.trace_id, s.traceparent) for s in due]
+
+
+class FakeIdempotencyStore:
+    def __init__(self, state: FakeState, clock: Clock) -> None:
+        self._s = state
+        self._clock = clock
+
+    async def begin(self, *, scope: str, key: str, fingerprint: bytes, lease_ms: int) -> IdempotencyBegin:
+        now = self._clock.now()
+        lease = now + timedelta(milliseconds=lease_ms)
+        token = os.urandom(6).hex()
+        existing = self._s.keys.get((scope, key))
+        if existing is None:
+            self._s.keys[(scope, key)] = _Key(fingerprint, "IN_PROGRESS", token, lease)
+            return Acquired(token)
+        if existing.fingerprint != fingerprint:
+            return KeyMismatch()
+        if existing.state == "COMPLETED":
+            assert existing.status is not None and existing.body is not None
+            return Replay(existing.status, existing.body)
+        if existing.lease_until is not None and existing.lease_until > now:
+            return KeyInProgress()
+        existing.token, existing.lease_until = token, lease
+        return Acquired(token)
+
+    async def complete(self, *, scope: str, key: str, token: str, status: int, body: bytes) -> None:
+        existing = self._s.keys.get((scope, key))
+        if existing is not None and existing.token == token and existing.state == "IN_PROGRESS":
+            existing.state, existing.status, existing.body = "COMPLETED", status, body
+            existing.token = existing.lease_until = None
+
+    async def release(self, *, scope: str, key: str, token: str) -> None:
+        existing = self._s.keys.get((scope, key))
+        if existing is not None and existing.token == token and existing.state == "IN_PROGRESS":
+            del self._s.keys[(scope, key)]
+
+
+class FakePaymentsUnitOfWork:
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        self._committed = False
+
+    async def __aenter__(self) -> FakePaymentsUnitOfWork:
+        self._state = copy.deepcopy(self._db.state)
+        self.payments = FakePaymentRepository(self._state, self._db.clock)
+        self.idempotency = FakeIdempotencyStore(self._state, self._db.clock)
+        self._pending: list[Envelope[Any]] = []
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None  # uncommitted changes are simply dropped
+
+    def publish(self, *envelopes: Envelope[Any]) -> None:
+        self._pending.extend(envelopes)
+
+    async def claim_inbox(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        fresh = {e for e in event_ids if (consumer, e) not in self._state.inbox}
+        self._state.inbox.update((consumer, e) for e in fresh)
+        return fresh
+
+    async def commit(self) -> None:
+        known = {e.event_id for e in self._state.outbox}
+        self._state.outbox.extend(e for e in self._pending if e.event_id not in known)
+        self._db.state = self._state
+        self._db.commits += 1
+        self._committed = True
+
+
+class FakeSellerStore:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or FixedClock()
+        self.sellers: dict[str, Seller] = {}
+        for seller_id in ("SELLER-111", "SELLER-222", "SELLER-333"):
+            self._put(OnboardSeller(seller_id, Currency.EUR, 500))
+
+    def _put(self, cmd: OnboardSeller) -> Seller:
+        now = self._clock.now()
+        seller = Seller(
+            cmd.seller_id,
+            seller_account_code(cmd.seller_id, cmd.currency),
+            cmd.currency,
+            AccountStatus.ACTIVE,
+            cmd.commission_bps,
+            now,
+            now,
+        )
+        self.sellers[cmd.seller_id] = seller
+        return seller
+
+    async def add(self, cmd: OnboardSeller) -> Seller | None:
+        return None if cmd.seller_id in self.sellers else self._put(cmd)
+
+    async def get(self, seller_id: str) -> Seller | None:
+        return self.sellers.get(seller_id)
+
+    async def set_status(self, seller_id: str, status: AccountStatus) -> Seller | None:
+        seller = self.sellers.get(seller_id)
+        if seller is None:
+            return None
+        import msgspec
+
+        self.sellers[seller_id] = msgspec.structs.replace(seller, status=status, updated_at=self._clock.now())
+        return self.sellers[seller_id]
+
+    async def many(self, seller_ids: Sequence[str]) -> list[Seller]:
+        return [self.sellers[s] for s in seller_ids if s in self.sellers]
+
+    async def list(self) -> list[Seller]:
+        return [self.sellers[k] for k in sorted(self.sellers)]
+
+
+class FakeIds:
+    def __init__(self) -> None:
+        self._gen = SnowflakeGenerator(1)
+
+    def next_id(self, shard: int) -> int:
+        return self._gen.next_id(shard)
+
+
+class ScriptedAuthorizationGateway:
+    """Answers what the test says, counts calls, and can hold calls until released."""
+
+    def __init__(self, outcome: AuthorizationOutcome = AuthorizationOutcome.APPROVED) -> None:
+        self.outcome = outcome
+        self.calls: list[int] = []
+        self.status_calls: list[int] = []
+        self.gate: asyncio.Event | None = None
+        self.hang = False
+        self.known: dict[int, AuthorizationOutcome] = {}
+
+    async def authorize(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome:
+        self.calls.append(payment_id)
+        self.known[payment_id] = self.outcome  # the PSP decided, whether or not we hear back
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.hang:
+            await asyncio.sleep(3600)
+        return self.outcome
+
+    async def authorization_status(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome | None:
+        self.status_calls.append(payment_id)
+        return self.known.get(payment_id)
