@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -129,7 +130,7 @@ def make_settings(dsn: str, redis_url: str, redis_prefix: str, data_dir: str, **
         database_url=dsn,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
-        data_dir=data_dir,  # type: ignore[arg-type]
+        data_dir=Path(data_dir),
         instance_name=f"test-{RUN}-{secrets.token_hex(2)}",
         jwt_secret="test-secret-0123456789-0123456789-0123456789",
         psp_scenario="BEST_PSP_EVER",

@@ -150,6 +150,7 @@ class ServiceProcess:
         env = self.env()
         if faults:
             env["MP_FAULTS"] = faults
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "serve", "--port", str(self.port)],

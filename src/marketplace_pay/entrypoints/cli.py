@@ -24,14 +24,29 @@ def _settings() -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+    from collections.abc import Iterator
+
     import uvicorn
 
     from marketplace_pay.entrypoints.http import create_app
     from marketplace_pay.infra.logs import setup_logging
 
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the shutdown (relay and
+        consumers drain), then exit 0 — instead of re-raising the signal as uvicorn does."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings=settings),
         host=args.host,
         port=args.port,
@@ -43,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         backlog=2048,
     )
-    return 0
+    server = DrainingServer(config)
+    server.run()
+    return 0 if server.started else 1
 
 
 async def _with_db(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, migrated: bool = True) -> T:

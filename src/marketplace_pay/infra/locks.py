@@ -59,11 +59,20 @@ class SessionLocks:
     async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async with self._lock:
             if self._conn is None or self._conn.is_closed():
+                if self._conn is not None:
+                    self._lose()
                 raise ConnectionError("lock connection is down")
             try:
                 return await asyncio.wait_for(fn(self._conn), timeout=5)
-            except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                self._lose()
+            except (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError):
+                self._lose()  # the server ended the session: its locks are gone
+                raise
+            except asyncpg.PostgresError:
+                if self._conn is None or self._conn.is_closed():
+                    self._lose()
+                raise  # an ordinary SQL error: the session and its locks are intact
+            except BaseException:
+                self._lose()  # timeout, network, protocol state unknown: assume the worst
                 raise
 
     def _lose(self) -> None:

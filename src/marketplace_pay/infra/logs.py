@@ -40,5 +40,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pgserver", "aiokafka", "apscheduler.executors", "apscheduler.scheduler", "httpx", "uvicorn.access"):
+    for noisy in ("pgserver", "aiokafka", "apscheduler.executors", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # "skipped: maximum number of running instances reached" is routine for our one-at-a-time jobs
+    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.ERROR, root.level))

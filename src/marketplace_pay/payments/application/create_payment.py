@@ -35,6 +35,7 @@ from marketplace_pay.payments.application.ports import (
 from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import envelope
+from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.errors import ConflictError, FieldError, UnprocessableError, ValidationError
 from marketplace_pay.shared.ids import coord_shard, seller_shard
 from marketplace_pay.shared.money import Money
@@ -258,6 +259,7 @@ async def _create_and_authorize(
             traceparent=cmd.traceparent,
         )
         await tx.commit()
+    faults.hit("payments.after_insert")
 
     if existing is not None and (key is None or existing.status is not PaymentStatus.PENDING_AUTH):
         # A repeat: never a second authorization. With a key, store the response we give.
