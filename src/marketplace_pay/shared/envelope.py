@@ -74,16 +74,10 @@ def envelope(
     """Wrap `data`; lineage (trace, parent) comes from the envelope that caused it, if any."""
     event_id = data.event_id()
     if caused_by is not None:
-        return Envelope(
-            event_id=event_id,
-            event_type=data.event_type,
-            aggregate_id=aggregate_id,
-            data=data,
-            timestamp=timestamp,
-            trace_id=caused_by.trace_id,
-            parent_event_id=caused_by.event_id,
-            traceparent=traceparent or caused_by.traceparent,
-        )
+        trace_id, parent = caused_by.trace_id, caused_by.event_id
+        traceparent = traceparent or caused_by.traceparent
+    else:
+        parent = event_id  # a root event is its own parent
     return Envelope(
         event_id=event_id,
         event_type=data.event_type,
@@ -91,6 +85,6 @@ def envelope(
         data=data,
         timestamp=timestamp,
         trace_id=trace_id,
-        parent_event_id=event_id,
+        parent_event_id=parent,
         traceparent=traceparent,
     )

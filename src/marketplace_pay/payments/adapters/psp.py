@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, deque
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from marketplace_pay.infra import metrics
 from marketplace_pay.payments.application.ports import AuthorizationOutcome, CaptureOutcome
@@ -96,6 +96,20 @@ class CallLog:
         return [c for c in self.recent if c[0] == operation and (key is None or c[1] == key)]
 
 
+O = TypeVar("O", AuthorizationOutcome, CaptureOutcome)
+
+
+async def _answer(log: CallLog, operation: str, key: str, outcome: O, latency_ms: int) -> O:
+    """Answer after the simulated latency; a caller that gives up first sees no answer."""
+    try:
+        await asyncio.sleep(latency_ms / 1000)
+    except asyncio.CancelledError:
+        log.record(operation, key, "TIMEOUT")
+        raise
+    log.record(operation, key, outcome.value)
+    return outcome
+
+
 class SimulatedAuthorizationGateway:
     def __init__(self, scenario: str, *, seed: int = 0, log: CallLog | None = None) -> None:
         self.scenario = AUTH_SCENARIOS[scenario]
@@ -113,13 +127,7 @@ class SimulatedAuthorizationGateway:
 
     async def authorize(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome:
         outcome, latency_ms = self._outcome(payment_id, buyer_id)
-        try:
-            await asyncio.sleep(latency_ms / 1000)
-        except asyncio.CancelledError:
-            self.log.record("authorize", str(payment_id), "TIMEOUT")
-            raise
-        self.log.record("authorize", str(payment_id), outcome.value)
-        return outcome
+        return await _answer(self.log, "authorize", str(payment_id), outcome, latency_ms)
 
     async def authorization_status(
         self, *, payment_id: int, buyer_id: str, amount: Money
@@ -153,10 +161,4 @@ class SimulatedCaptureGateway:
 
     async def capture(self, *, idempotency_key: str, amount: Money) -> CaptureOutcome:
         outcome, latency_ms = self.outcome(idempotency_key, amount)
-        try:
-            await asyncio.sleep(latency_ms / 1000)
-        except asyncio.CancelledError:
-            self.log.record("capture", idempotency_key, "TIMEOUT")
-            raise
-        self.log.record("capture", idempotency_key, outcome.value)
-        return outcome
+        return await _answer(self.log, "capture", idempotency_key, outcome, latency_ms)
