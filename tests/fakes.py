@@ -17,13 +17,16 @@ from marketplace_pay.ledger.domain.accounts import AccountStatus
 from marketplace_pay.payments.application.ports import (
     Acquired,
     AuthorizationOutcome,
+    CaptureOutcome,
     IdempotencyBegin,
     KeyInProgress,
     KeyMismatch,
     PendingAuthorization,
     Replay,
+    StaleOrder,
 )
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
+from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.clock import Clock, FixedClock
 from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.ids import SnowflakeGenerator
@@ -50,8 +53,16 @@ class _Key:
 
 
 @dataclass
+class _StoredOrder:
+    order: PaymentOrder
+    trace_id: str
+    traceparent: str | None
+
+
+@dataclass
 class FakeState:
     payments: dict[int, _StoredPayment] = field(default_factory=dict)
+    orders: dict[int, _StoredOrder] = field(default_factory=dict)
     keys: dict[tuple[str, str], _Key] = field(default_factory=dict)
     outbox: list[Envelope[Any]] = field(default_factory=list)
     inbox: set[tuple[str, str]] = field(default_factory=set)
@@ -93,6 +104,14 @@ class FakePaymentRepository:
         stored = self._s.payments.get(payment_id)
         return None if stored is None else copy.deepcopy(stored.payment)
 
+    async def get_many(self, payment_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Payment]:
+        return {i: copy.deepcopy(self._s.payments[i].payment) for i in payment_ids if i in self._s.payments}
+
+    async def save_roll_up(self, payment: Payment) -> None:
+        stored = self._s.payments[payment.payment_id]
+        if stored.payment.status is PaymentStatus.AUTHORIZED:
+            stored.payment = copy.deepcopy(payment)
+
     async def save_authorization(self, payment: Payment) -> bool:
         stored = self._s.payments.get(payment.payment_id)
         if stored is None or stored.payment.status is not PaymentStatus.PENDING_AUTH:
@@ -119,6 +138,85 @@ class FakePaymentRepository:
         for s in due:
             s.auth_check_after = now + timedelta(milliseconds=lease_ms)
         return [PendingAuthorization(copy.deepcopy(s.payment), s.trace_id, s.traceparent) for s in due]
+
+
+class FakePaymentOrderRepository:
+    def __init__(self, state: FakeState) -> None:
+        self._s = state
+
+    async def add_all(self, orders: Sequence[tuple[PaymentOrder, str, str | None]]) -> set[int]:
+        created = set()
+        for order, trace_id, traceparent in orders:
+            if order.payment_order_id not in self._s.orders:
+                self._s.orders[order.payment_order_id] = _StoredOrder(copy.deepcopy(order), trace_id, traceparent)
+                created.add(order.payment_order_id)
+        return created
+
+    async def get_many(self, payment_order_ids: Sequence[int], *, for_update: bool = False) -> dict[int, PaymentOrder]:
+        return {i: copy.deepcopy(self._s.orders[i].order) for i in payment_order_ids if i in self._s.orders}
+
+    async def save_all(self, changes: Sequence[tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]]) -> None:
+        for order, (status, retry_count) in changes:
+            stored = self._s.orders[order.payment_order_id]
+            current = stored.order
+            if (current.status, current.retry_count) != (status, retry_count) or current.status.terminal:
+                raise StaleOrder(order.public_id)
+        for order, _ in changes:
+            stored = self._s.orders[order.payment_order_id]
+            updated = copy.deepcopy(order)
+            updated.updated_at = max(stored.order.updated_at, order.updated_at)
+            stored.order = updated
+
+    async def traces(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        return {i: (self._s.orders[i].trace_id, self._s.orders[i].traceparent) for i in payment_order_ids if i in self._s.orders}
+
+    async def mark_retries_dispatched(self, payment_order_ids: Sequence[int]) -> None:
+        for i in payment_order_ids:
+            order = self._s.orders[i].order
+            if order.status is PaymentOrderStatus.PENDING_CAPTURE:
+                order.next_retry_at = None
+
+    async def overdue_retries(self, *, before: datetime, limit: int) -> list[tuple[int, int, int]]:
+        due = sorted(
+            (s.order for s in self._s.orders.values()
+             if s.order.status is PaymentOrderStatus.PENDING_CAPTURE and s.order.next_retry_at is not None
+             and s.order.next_retry_at < before),
+            key=lambda o: o.next_retry_at or before,
+        )[:limit]
+        return [(o.payment_order_id, o.retry_count, int((o.next_retry_at or before).timestamp() * 1000)) for o in due]
+
+
+class FakeRetryQueue:
+    """The Redis retry queue's contract, in memory (tests/contract keeps the two in step)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[int, int], int] = {}
+        self.inflight: dict[tuple[int, int], int] = {}
+
+    async def schedule(self, items: Sequence[tuple[int, int, int]]) -> None:
+        for po, attempt, due_ms in items:
+            self.waiting[(po, attempt)] = due_ms
+
+    async def pop_due(self, *, now_ms: int, limit: int) -> list[tuple[int, int]]:
+        due = sorted((due_ms, item) for item, due_ms in self.waiting.items() if due_ms <= now_ms)[:limit]
+        for _, item in due:
+            del self.waiting[item]
+            self.inflight[item] = now_ms
+        return [item for _, item in due]
+
+    async def ack(self, items: Sequence[tuple[int, int]]) -> None:
+        for item in items:
+            self.inflight.pop(item, None)
+
+    async def reclaim(self, *, now_ms: int, older_than_ms: int, limit: int = 1000) -> int:
+        stale = [item for item, popped in self.inflight.items() if popped <= now_ms - older_than_ms][:limit]
+        for item in stale:
+            del self.inflight[item]
+            self.waiting[item] = now_ms
+        return len(stale)
+
+    async def sizes(self) -> tuple[int, int]:
+        return len(self.waiting), len(self.inflight)
 
 
 class FakeIdempotencyStore:
@@ -165,6 +263,7 @@ class FakePaymentsUnitOfWork:
         self._state = copy.deepcopy(self._db.state)
         self.payments = FakePaymentRepository(self._state, self._db.clock)
         self.idempotency = FakeIdempotencyStore(self._state, self._db.clock)
+        self.orders = FakePaymentOrderRepository(self._state)
         self._pending: list[Envelope[Any]] = []
         return self
 
@@ -180,6 +279,9 @@ class FakePaymentsUnitOfWork:
         fresh = {e for e in event_ids if (consumer, e) not in self._state.inbox}
         self._state.inbox.update((consumer, e) for e in fresh)
         return fresh
+
+    async def seen(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        return {e for e in event_ids if (consumer, e) in self._db.state.inbox}
 
     async def commit(self) -> None:
         known = {e.event_id for e in self._state.outbox}
@@ -263,3 +365,21 @@ class ScriptedAuthorizationGateway:
     async def authorization_status(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome | None:
         self.status_calls.append(payment_id)
         return self.known.get(payment_id)
+
+
+class ScriptedCaptureGateway:
+    """Answers per amount (default CAPTURED) and records every call (idempotency key, outcome)."""
+
+    def __init__(self, answers: dict[int, list[CaptureOutcome]] | None = None) -> None:
+        self.answers = answers or {}
+        self.calls: list[tuple[str, CaptureOutcome]] = []
+        self.fail_with: BaseException | None = None
+
+    async def capture(self, *, idempotency_key: str, amount: Money) -> CaptureOutcome:
+        if self.fail_with is not None:
+            raise self.fail_with
+        script = self.answers.get(amount.amount_minor, [CaptureOutcome.CAPTURED])
+        attempt = int(idempotency_key.rsplit(":", 1)[1])
+        outcome = script[min(attempt, len(script) - 1)]
+        self.calls.append((idempotency_key, outcome))
+        return outcome

@@ -135,8 +135,12 @@ class ServiceProcess:
                 "MP_OUTBOX_POLL_MS": str(s.outbox_poll_ms),
                 "MP_LOG_FORMAT": "text",
                 "MP_SHUTDOWN_GRACE_S": str(s.shutdown_grace_s),
+                "MP_RETRY_REQUEUE_AFTER_MS": str(s.retry_requeue_after_ms),
+                "MP_RETRY_INFLIGHT_TIMEOUT_MS": str(s.retry_inflight_timeout_ms),
             }
         )
+        if s.psp_call_log:
+            env["MP_PSP_CALL_LOG"] = str(s.psp_call_log)
         if s.kafka_bootstrap_servers:
             env["KAFKA_BOOTSTRAP_SERVERS"] = s.kafka_bootstrap_servers
             env["MP_KAFKA_TOPIC_PARTITIONS"] = str(s.kafka_topic_partitions or 4)

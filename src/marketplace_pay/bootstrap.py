@@ -30,6 +30,9 @@ from marketplace_pay.ledger.adapters.postgres import PgSellerStore
 from marketplace_pay.ledger.application.directory import SellerStore
 from marketplace_pay.payments.adapters.postgres import PgPaymentsUnitOfWork, fetch_payment_view
 from marketplace_pay.payments.adapters.psp import CallLog, SimulatedAuthorizationGateway, SimulatedCaptureGateway
+from marketplace_pay.payments.adapters.redis import RedisRetryQueue
+from marketplace_pay.payments.application import capture
+from marketplace_pay.payments.application.capture import RetryQueue
 from marketplace_pay.payments.application.create_payment import create_payment, resolve_pending_authorizations
 from marketplace_pay.payments.application.ports import (
     AuthorizationGateway,
@@ -40,6 +43,12 @@ from marketplace_pay.payments.application.ports import (
     SellerDirectory,
 )
 from marketplace_pay.payments.application.views import PaymentView
+from marketplace_pay.payments.domain.events import (
+    PaymentAuthorized,
+    PaymentOrderCaptureCommand,
+    PaymentOrderCreated,
+    PaymentOrderPspResultUpdated,
+)
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.bus import EventBus, Subscription
 from marketplace_pay.shared.clock import Clock, SystemClock
@@ -100,6 +109,7 @@ async def open_resources(settings: Settings) -> Resources:
     await locks.start()
     ids = LeasedIdGenerator(locks, holder=settings.instance_name)
     await ids.acquire()
+    ids.start()
     redis_client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
     return Resources(dsn, redis_url, pool, redis_client, locks, ids, embedded_redis)
 
@@ -131,14 +141,18 @@ class Container:
     seller_directory: SellerDirectory
     verifier: JwtVerifier
     payment_view: Callable[[int], Awaitable[PaymentView | None]]
+    retries: RetryQueue
     resources: Resources | None = None
     relay: OutboxRelay | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
     create_payment: Callable[..., Awaitable[Any]] = field(init=False)
     resolve_pending_authorizations: Callable[[], Awaitable[int]] = field(init=False)
+    dispatch_due_retries: Callable[[], Awaitable[int]] = field(init=False)
+    requeue_lost_retries: Callable[[], Awaitable[int]] = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
+        self._wire_capture()
         self.create_payment = partial(
             create_payment,
             uow=self.payments_uow,
@@ -155,6 +169,49 @@ class Container:
             psp=self.psp_auth,
             clock=self.clock,
             older_than_ms=s.pending_auth_check_after_ms,
+        )
+
+    def _wire_capture(self) -> None:
+        s, uow, clock = self.settings, self.payments_uow, self.clock
+        batch = s.handler_batch_max
+        self.subscriptions += [
+            Subscription(
+                capture.EXPAND,
+                PaymentAuthorized,
+                partial(capture.expand_authorized_payments, uow=uow, clock=clock),
+                batch,
+            ),
+            Subscription(capture.ENQUEUE, PaymentOrderCreated, partial(capture.request_captures, uow=uow, clock=clock), batch),
+            Subscription(
+                capture.CAPTURE,
+                PaymentOrderCaptureCommand,
+                partial(
+                    capture.capture_payment_orders,
+                    uow=uow,
+                    psp=self.psp_capture,
+                    clock=clock,
+                    timeout_ms=s.psp_capture_timeout_ms,
+                ),
+                batch,
+            ),
+            Subscription(
+                capture.APPLY,
+                PaymentOrderPspResultUpdated,
+                partial(
+                    capture.apply_capture_results,
+                    uow=uow,
+                    retries=self.retries,
+                    clock=clock,
+                    max_retries=s.retry_max,
+                    base_ms=s.retry_base_ms,
+                    cap_ms=s.retry_cap_ms,
+                ),
+                batch,
+            ),
+        ]
+        self.dispatch_due_retries = partial(capture.dispatch_due_retries, uow=uow, retries=self.retries, clock=clock)
+        self.requeue_lost_retries = partial(
+            capture.requeue_lost_retries, uow=uow, retries=self.retries, clock=clock, overdue_ms=s.retry_requeue_after_ms
         )
 
     async def start(self) -> None:
@@ -194,6 +251,7 @@ def bootstrap(
     psp_auth: AuthorizationGateway | None = None,
     psp_capture: CaptureGateway | None = None,
     payments_uow: Callable[[], PaymentsUnitOfWork] | None = None,
+    retries: RetryQueue | None = None,
     sellers: SellerStore | None = None,
     payment_view: Callable[[int], Awaitable[PaymentView | None]] | None = None,
 ) -> Container:
@@ -201,7 +259,7 @@ def bootstrap(
     without, the caller passes fakes for what it uses."""
     faults.configure(settings.faults)
     clock = clock or SystemClock()
-    psp_log = CallLog()
+    psp_log = CallLog(path=settings.psp_call_log)
     psp_auth = psp_auth or SimulatedAuthorizationGateway(settings.psp_scenario, seed=settings.psp_seed, log=psp_log)
     psp_capture = psp_capture or SimulatedCaptureGateway(settings.psp_scenario, seed=settings.psp_seed, log=psp_log)
     relay = None
@@ -223,8 +281,9 @@ def bootstrap(
         sellers = sellers or PgSellerStore(pool)
         payment_view = payment_view or partial(fetch_payment_view, pool)
         ids = ids or resources.ids
-    if bus is None or ids is None or payments_uow is None or sellers is None or payment_view is None:
-        raise ValueError("without resources, pass bus, ids, payments_uow, sellers and payment_view")
+        retries = retries or RedisRetryQueue(resources.redis, prefix=settings.redis_prefix)
+    if bus is None or ids is None or payments_uow is None or sellers is None or payment_view is None or retries is None:
+        raise ValueError("without resources, pass bus, ids, payments_uow, retries, sellers and payment_view")
     verifier = JwtVerifier(
         secret=None if settings.jwt_jwks_url else resolve_jwt_secret(settings.jwt_secret, settings.data_dir),
         jwks_url=settings.jwt_jwks_url,
@@ -244,6 +303,7 @@ def bootstrap(
         seller_directory=LedgerSellerDirectory(sellers),
         verifier=verifier,
         payment_view=payment_view,
+        retries=retries,
         resources=resources,
         relay=relay,
     )

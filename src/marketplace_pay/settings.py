@@ -58,6 +58,7 @@ class Settings:
     psp_seed: int = 0
     psp_auth_timeout_ms: int = 500
     psp_capture_timeout_ms: int = 500
+    psp_call_log: Path | None = None
 
     # capture retries (seed §7.1)
     retry_base_ms: int = 2000
@@ -65,6 +66,7 @@ class Settings:
     retry_max: int = 5
     retry_poll_ms: int = 500
     retry_inflight_timeout_ms: int = 60000
+    retry_requeue_after_ms: int = 10000
 
     # payments
     pending_auth_check_after_ms: int = 2000
@@ -123,6 +125,7 @@ class Settings:
             psp_seed=_int(env, "MP_PSP_SEED", defaults.psp_seed),
             psp_auth_timeout_ms=_int(env, "MP_PSP_AUTH_TIMEOUT_MS", defaults.psp_auth_timeout_ms, minimum=1),
             psp_capture_timeout_ms=_int(env, "MP_PSP_CAPTURE_TIMEOUT_MS", defaults.psp_capture_timeout_ms, minimum=1),
+            psp_call_log=Path(p) if (p := _str(env, "MP_PSP_CALL_LOG")) else None,
             retry_base_ms=_int(env, "MP_RETRY_BASE_MS", defaults.retry_base_ms, minimum=1),
             retry_cap_ms=_int(env, "MP_RETRY_CAP_MS", defaults.retry_cap_ms, minimum=1),
             retry_max=_int(env, "MP_RETRY_MAX", defaults.retry_max),
@@ -130,6 +133,7 @@ class Settings:
             retry_inflight_timeout_ms=_int(
                 env, "MP_RETRY_INFLIGHT_TIMEOUT_MS", defaults.retry_inflight_timeout_ms, minimum=100
             ),
+            retry_requeue_after_ms=_int(env, "MP_RETRY_REQUEUE_AFTER_MS", defaults.retry_requeue_after_ms, minimum=100),
             pending_auth_check_after_ms=_int(
                 env, "MP_PENDING_AUTH_CHECK_AFTER_MS", defaults.pending_auth_check_after_ms, minimum=1
             ),

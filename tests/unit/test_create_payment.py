@@ -27,7 +27,14 @@ from marketplace_pay.settings import Settings
 from marketplace_pay.shared.clock import FixedClock
 from marketplace_pay.shared.errors import ConflictError, UnprocessableError, ValidationError
 from marketplace_pay.shared.money import Currency, Money
-from tests.fakes import FakeDatabase, FakeIds, FakePaymentsUnitOfWork, FakeSellerStore, ScriptedAuthorizationGateway
+from tests.fakes import (
+    FakeDatabase,
+    FakeIds,
+    FakePaymentsUnitOfWork,
+    FakeRetryQueue,
+    FakeSellerStore,
+    ScriptedAuthorizationGateway,
+)
 
 
 class NoDeadLetters:
@@ -72,6 +79,7 @@ class World:
             bus=InMemoryEventBus(Dispatcher(dead_letters=NoDeadLetters(), max_attempts=1)),
             psp_auth=self.psp,
             payments_uow=lambda: FakePaymentsUnitOfWork(self.db),
+            retries=FakeRetryQueue(),
             sellers=self.sellers,
             payment_view=lambda _: asyncio.sleep(0),  # type: ignore[arg-type,return-value]
         )

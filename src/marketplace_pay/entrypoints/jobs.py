@@ -6,6 +6,7 @@ others are safe to run in every process (they claim rows with leases or SKIP LOC
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,32 +22,56 @@ from marketplace_pay.payments.adapters.postgres import prune_idempotency_keys
 log = logging.getLogger(__name__)
 
 
-def _guarded(name: str, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
-    """Log a failing run instead of letting APScheduler print a traceback every tick."""
+class JobRuns:
+    """The job runs in progress, so that shutdown lets them finish instead of cancelling them."""
 
-    async def job() -> None:
-        try:
-            await fn()
-        except Exception as exc:  # noqa: BLE001 - the next run retries
-            level = logging.WARNING if is_transient(exc) else logging.ERROR
-            log.log(level, "job failed", extra={"job": name, "error": repr(exc)}, exc_info=level >= logging.ERROR)
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[Any]] = set()
 
-    return job
+    def guarded(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+        """Log a failing run instead of letting APScheduler print a traceback every tick."""
+
+        async def job() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.running.add(task)
+            try:
+                await fn()
+            except Exception as exc:  # noqa: BLE001 - the next run retries
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "job failed", extra={"job": name, "error": repr(exc)}, exc_info=level >= logging.ERROR)
+            finally:
+                self.running.discard(task)
+
+        return job
+
+    async def drain(self, timeout_s: float) -> None:
+        if self.running:
+            await asyncio.wait(list(self.running), timeout=timeout_s)
 
 
-def build_scheduler(container: Container) -> AsyncIOScheduler:
+def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
     s = container.settings
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
 
     def every(name: str, fn: Callable[[], Awaitable[Any]], *, ms: int) -> None:
-        scheduler.add_job(_guarded(name, fn), "interval", seconds=ms / 1000, id=name, name=name)
+        scheduler.add_job(runs.guarded(name, fn), "interval", seconds=ms / 1000, id=name, name=name)
 
     resources = container.resources
     relay = container.relay
     if resources is not None:
         pool = resources.pool
-        every("snowflake-lease-heartbeat", resources.ids.heartbeat, ms=int(resources.ids.heartbeat_s * 1000))
         every("payments-resolve-pending-auth", container.resolve_pending_authorizations, ms=s.pending_auth_poll_ms)
+        every("payments-retry-dispatch", container.dispatch_due_retries, ms=s.retry_poll_ms)
+        every("payments-retry-requeue", container.requeue_lost_retries, ms=max(1000, s.retry_requeue_after_ms // 2))
+
+        async def reclaim_retries() -> None:
+            await container.retries.reclaim(
+                now_ms=container.clock.now_ms(), older_than_ms=s.retry_inflight_timeout_ms
+            )
+
+        every("payments-retry-reclaim", reclaim_retries, ms=max(1000, s.retry_inflight_timeout_ms // 4))
+        every("payments-retry-gauge", container.retries.sizes, ms=5000)
 
         async def prune_inbox() -> None:
             await run_exclusive(
@@ -84,10 +109,13 @@ def build_scheduler(container: Container) -> AsyncIOScheduler:
 async def running(container: Container) -> AsyncIterator[AsyncIOScheduler]:
     """Run the consumers, the relay and the jobs; stop them (gracefully) on exit."""
     await container.start()
-    scheduler = build_scheduler(container)
+    runs = JobRuns()
+    scheduler = build_scheduler(container, runs)
     scheduler.start()
     try:
         yield scheduler
     finally:
+        scheduler.pause()  # no new runs; the ones in progress finish (bounded)
+        await runs.drain(timeout_s=container.settings.shutdown_grace_s / 2)
         scheduler.shutdown(wait=False)
         await container.stop()

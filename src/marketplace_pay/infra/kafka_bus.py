@@ -101,22 +101,27 @@ class KafkaEventBus:
             request_timeout_ms=20000,
         )
         await self._producer.start()
-        for sub in self._subscriptions:
-            consumer = AIOKafkaConsumer(
-                sub.event.topic,
-                bootstrap_servers=self._bootstrap,
-                client_id=f"{self._client_id}-{sub.consumer}",
-                group_id=sub.consumer,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=self._session_timeout_ms,
-                heartbeat_interval_ms=max(100, self._session_timeout_ms // 5),
-                max_poll_records=sub.batch_max,
-                fetch_max_wait_ms=20,
-            )
-            await consumer.start()
-            self._consumers.append(consumer)
-            self._tasks.append(asyncio.create_task(self._consume(sub, consumer), name=f"kafka:{sub.consumer}"))
+        # Group joins take a few seconds each: start every consumer at once.
+        self._consumers = [self._consumer(sub) for sub in self._subscriptions]
+        await asyncio.gather(*(c.start() for c in self._consumers))
+        self._tasks = [
+            asyncio.create_task(self._consume(sub, c), name=f"kafka:{sub.consumer}")
+            for sub, c in zip(self._subscriptions, self._consumers, strict=True)
+        ]
+
+    def _consumer(self, sub: Subscription) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            sub.event.topic,
+            bootstrap_servers=self._bootstrap,
+            client_id=f"{self._client_id}-{sub.consumer}",
+            group_id=sub.consumer,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=max(100, self._session_timeout_ms // 5),
+            max_poll_records=sub.batch_max,
+            fetch_max_wait_ms=20,
+        )
 
     async def stop(self) -> None:
         self._stopping = True

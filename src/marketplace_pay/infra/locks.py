@@ -71,6 +71,8 @@ class SessionLocks:
                 if self._conn is None or self._conn.is_closed():
                     self._lose()
                 raise  # an ordinary SQL error: the session and its locks are intact
+            except asyncio.CancelledError:
+                raise  # asyncpg cancels the query on the server; the session and its locks stay
             except BaseException:
                 self._lose()  # timeout, network, protocol state unknown: assume the worst
                 raise
@@ -173,6 +175,7 @@ class LeasedIdGenerator:
         self._generator: SnowflakeGenerator | None = None
         self._confirmed_at = 0.0
         self._generation = -1
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def instance_id(self) -> int | None:
@@ -204,8 +207,24 @@ class LeasedIdGenerator:
             return candidate
         raise IdsUnavailable("all 32 snowflake instance ids are in use")
 
+    def start(self) -> None:
+        """Heartbeat in the background for as long as the lease is held (not a scheduled job:
+        minting stops if the heartbeat stops, so it must not wait for anything else)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._beat(), name="snowflake-lease")
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - minting pauses until the lease is confirmed again
+                log.warning("snowflake lease heartbeat failed", extra={"error": repr(exc)})
+
     async def heartbeat(self) -> None:
-        """Refresh the lease; re-acquire after a lost session. Called every `heartbeat_s`."""
+        """Refresh the lease; re-acquire after a lost session."""
         if self._generator is None or self._generation != self._locks.generation:
             self._generator = None
             if await self._locks.reconnect_if_needed():
@@ -225,6 +244,10 @@ class LeasedIdGenerator:
             await self.acquire()
 
     async def release(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._generator is not None:
             instance = self._generator.instance_id
             self._generator = None

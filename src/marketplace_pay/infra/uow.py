@@ -113,6 +113,12 @@ class PgUnitOfWork:
     async def claim_inbox(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
         return await claim_inbox(self.connection, consumer, event_ids)
 
+    async def seen(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
+        rows = await self.connection.fetch(
+            "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])", consumer, list(event_ids)
+        )
+        return {r["event_id"] for r in rows}
+
     async def commit(self) -> None:
         pending, self._pending = self._pending, []
         await append_to_outbox(self.connection, pending)

@@ -70,14 +70,16 @@ def envelope(
     trace_id: str,
     caused_by: Envelope[Any] | None = None,
     traceparent: str | None = None,
+    parent_event_id: str | None = None,
 ) -> Envelope[E]:
-    """Wrap `data`; lineage (trace, parent) comes from the envelope that caused it, if any."""
+    """Wrap `data`; lineage (trace, parent) comes from the envelope that caused it, or from
+    `parent_event_id` when only the cause's (deterministic) id is known."""
     event_id = data.event_id()
     if caused_by is not None:
         trace_id, parent = caused_by.trace_id, caused_by.event_id
         traceparent = traceparent or caused_by.traceparent
     else:
-        parent = event_id  # a root event is its own parent
+        parent = parent_event_id or event_id  # a root event is its own parent
     return Envelope(
         event_id=event_id,
         event_type=data.event_type,

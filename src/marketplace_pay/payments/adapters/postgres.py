@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -16,9 +17,11 @@ from marketplace_pay.payments.application.ports import (
     KeyMismatch,
     PendingAuthorization,
     Replay,
+    StaleOrder,
 )
-from marketplace_pay.payments.application.views import PaymentView, payment_view
+from marketplace_pay.payments.application.views import OrderState, PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
+from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.money import Currency, Money
 
 
@@ -30,7 +33,7 @@ class _Line(msgspec.Struct, rename="camel"):
 
 _PAYMENT_COLUMNS = (
     "payment_id, buyer_id, order_id, currency, total_amount_minor, captured_amount_minor, status, lines, "
-    "created_at, updated_at, trace_id, traceparent"
+    "created_at, updated_at, trace_id, traceparent, orders_open"
 )
 
 
@@ -47,6 +50,7 @@ def _payment(row: asyncpg.Record) -> Payment:
         lines=[PaymentLine(line.payment_order_id, line.seller_id, Money(line.amount_minor, currency)) for line in lines],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        orders_open=row["orders_open"],
     )
 
 
@@ -59,7 +63,7 @@ class PgPaymentRepository:
     ) -> Payment | None:
         inserted = await self._conn.fetchval(
             f"""INSERT INTO payments ({_PAYMENT_COLUMNS}, idempotency_key)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 ON CONFLICT DO NOTHING
                 RETURNING payment_id""",
             payment.payment_id,
@@ -74,6 +78,7 @@ class PgPaymentRepository:
             payment.updated_at,
             trace_id,
             traceparent,
+            payment.orders_open,
             idempotency_key,
         )
         if inserted is not None:
@@ -101,6 +106,24 @@ class PgPaymentRepository:
         lock = " FOR UPDATE" if for_update else ""
         row = await self._conn.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1{lock}", payment_id)
         return None if row is None else _payment(row)
+
+    async def get_many(self, payment_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Payment]:
+        lock = " ORDER BY payment_id FOR UPDATE" if for_update else ""
+        rows = await self._conn.fetch(
+            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = ANY($1::bigint[]){lock}", list(payment_ids)
+        )
+        return {r["payment_id"]: _payment(r) for r in rows}
+
+    async def save_roll_up(self, payment: Payment) -> None:
+        await self._conn.execute(
+            """UPDATE payments SET status = $2, captured_amount_minor = $3, orders_open = $4, updated_at = $5
+               WHERE payment_id = $1 AND status = 'AUTHORIZED'""",
+            payment.payment_id,
+            payment.status.value,
+            payment.captured.amount_minor,
+            payment.orders_open,
+            payment.updated_at,
+        )
 
     async def save_authorization(self, payment: Payment) -> bool:
         status = await self._conn.execute(
@@ -198,21 +221,140 @@ class PgIdempotencyStore:
         )
 
 
+_ORDER_COLUMNS = (
+    "payment_order_id, payment_id, seller_id, amount_minor, currency, status, retry_count, next_retry_at, "
+    "created_at, updated_at"
+)
+
+
+def _order(row: asyncpg.Record) -> PaymentOrder:
+    return PaymentOrder(
+        payment_order_id=row["payment_order_id"],
+        payment_id=row["payment_id"],
+        seller_id=row["seller_id"],
+        amount=Money(row["amount_minor"], Currency(row["currency"])),
+        status=PaymentOrderStatus(row["status"]),
+        retry_count=row["retry_count"],
+        next_retry_at=row["next_retry_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class PgPaymentOrderRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def add_all(self, orders: Sequence[tuple[PaymentOrder, str, str | None]]) -> set[int]:
+        if not orders:
+            return set()
+        rows = await self._conn.fetch(
+            f"""INSERT INTO payment_orders ({_ORDER_COLUMNS}, trace_id, traceparent)
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                                     $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                                     $11::text[], $12::text[])
+                ON CONFLICT (payment_order_id) DO NOTHING
+                RETURNING payment_order_id""",
+            [o.payment_order_id for o, _, _ in orders],
+            [o.payment_id for o, _, _ in orders],
+            [o.seller_id for o, _, _ in orders],
+            [o.amount.amount_minor for o, _, _ in orders],
+            [o.amount.currency.value for o, _, _ in orders],
+            [o.status.value for o, _, _ in orders],
+            [o.retry_count for o, _, _ in orders],
+            [o.next_retry_at for o, _, _ in orders],
+            [o.created_at for o, _, _ in orders],
+            [o.updated_at for o, _, _ in orders],
+            [trace for _, trace, _ in orders],
+            [traceparent for _, _, traceparent in orders],
+        )
+        return {r["payment_order_id"] for r in rows}
+
+    async def get_many(self, payment_order_ids: Sequence[int], *, for_update: bool = False) -> dict[int, PaymentOrder]:
+        if not payment_order_ids:
+            return {}
+        lock = " ORDER BY payment_order_id FOR UPDATE" if for_update else ""
+        rows = await self._conn.fetch(
+            f"SELECT {_ORDER_COLUMNS} FROM payment_orders WHERE payment_order_id = ANY($1::bigint[]){lock}",
+            list(set(payment_order_ids)),
+        )
+        return {r["payment_order_id"]: _order(r) for r in rows}
+
+    async def save_all(self, changes: Sequence[tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]]) -> None:
+        if not changes:
+            return
+        status = await self._conn.execute(
+            """UPDATE payment_orders o
+               SET status = c.status, retry_count = c.retry_count, next_retry_at = c.next_retry_at,
+                   updated_at = greatest(o.updated_at, c.updated_at)
+               FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[],
+                           $6::text[], $7::int[])
+                    AS c(id, status, retry_count, next_retry_at, updated_at, old_status, old_retry_count)
+               WHERE o.payment_order_id = c.id
+                 AND o.status = c.old_status AND o.retry_count = c.old_retry_count
+                 AND o.status NOT IN ('CAPTURED', 'CAPTURE_FAILED')""",
+            [o.payment_order_id for o, _ in changes],
+            [o.status.value for o, _ in changes],
+            [o.retry_count for o, _ in changes],
+            [o.next_retry_at for o, _ in changes],
+            [o.updated_at for o, _ in changes],
+            [before[0].value for _, before in changes],
+            [before[1] for _, before in changes],
+        )
+        if int(status.split()[-1]) != len(changes):
+            raise StaleOrder(f"{len(changes) - int(status.split()[-1])} payment order(s) changed concurrently")
+
+    async def traces(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        rows = await self._conn.fetch(
+            "SELECT payment_order_id, trace_id, traceparent FROM payment_orders WHERE payment_order_id = ANY($1::bigint[])",
+            list(payment_order_ids),
+        )
+        return {r["payment_order_id"]: (r["trace_id"], r["traceparent"]) for r in rows}
+
+    async def mark_retries_dispatched(self, payment_order_ids: Sequence[int]) -> None:
+        if payment_order_ids:
+            await self._conn.execute(
+                "UPDATE payment_orders SET next_retry_at = NULL "
+                "WHERE payment_order_id = ANY($1::bigint[]) AND status = 'PENDING_CAPTURE'",
+                list(payment_order_ids),
+            )
+
+    async def overdue_retries(self, *, before: datetime, limit: int) -> list[tuple[int, int, int]]:
+        rows = await self._conn.fetch(
+            """SELECT payment_order_id, retry_count, next_retry_at FROM payment_orders
+               WHERE status = 'PENDING_CAPTURE' AND next_retry_at < $1
+               ORDER BY next_retry_at LIMIT $2""",
+            before,
+            limit,
+        )
+        return [(r["payment_order_id"], r["retry_count"], int(r["next_retry_at"].timestamp() * 1000)) for r in rows]
+
+
 class PgPaymentsUnitOfWork(PgUnitOfWork):
     payments: PgPaymentRepository
     idempotency: PgIdempotencyStore
+    orders: PgPaymentOrderRepository
 
     def _bind(self, connection: asyncpg.Connection) -> None:
         self.payments = PgPaymentRepository(connection)
         self.idempotency = PgIdempotencyStore(connection)
+        self.orders = PgPaymentOrderRepository(connection)
 
 
 # -- reads ---------------------------------------------------------------------------------------
 
 
 async def fetch_payment_view(pool: asyncpg.Pool, payment_id: int) -> PaymentView | None:
-    row = await pool.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1", payment_id)
-    return None if row is None else payment_view(_payment(row))
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1", payment_id)
+        if row is None:
+            return None
+        orders = await conn.fetch(
+            "SELECT payment_order_id, status, retry_count, updated_at FROM payment_orders WHERE payment_id = $1",
+            payment_id,
+        )
+    states = {o["payment_order_id"]: OrderState(o["status"], o["retry_count"], o["updated_at"]) for o in orders}
+    return payment_view(_payment(row), states)
 
 
 async def prune_idempotency_keys(pool: asyncpg.Pool, *, ttl_hours: int) -> int:

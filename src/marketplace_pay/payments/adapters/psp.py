@@ -13,8 +13,10 @@ outcome in every scenario, like a PSP's test cards:
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter, deque
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from marketplace_pay.infra import metrics
@@ -81,16 +83,21 @@ def draw(seed: int, operation: str, key: str, scenario: Scenario) -> Draw:
 
 
 class CallLog:
-    """What the simulated PSP saw: counts per (operation, result), and the most recent calls."""
+    """What the simulated PSP saw: counts per (operation, result), the most recent calls, and —
+    with MP_PSP_CALL_LOG — every call appended to a file as a JSON line (the PSP's own record,
+    which outlives our process)."""
 
-    def __init__(self, keep: int = 100_000) -> None:
+    def __init__(self, keep: int = 100_000, path: Path | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.recent: deque[tuple[str, str, str]] = deque(maxlen=keep)
+        self._file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives with the log
 
     def record(self, operation: str, key: str, result: str) -> None:
         self.counts[(operation, result)] += 1
         self.recent.append((operation, key, result))
         metrics.PSP_CALLS.labels(operation, result).inc()
+        if self._file is not None:
+            self._file.write(json.dumps({"op": operation, "key": key, "result": result}) + "\n")
 
     def calls(self, operation: str, key: str | None = None) -> list[tuple[str, str, str]]:
         return [c for c in self.recent if c[0] == operation and (key is None or c[1] == key)]

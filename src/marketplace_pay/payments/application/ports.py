@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from marketplace_pay.payments.domain.payment import Payment
+from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.money import Currency, Money
 
@@ -154,6 +155,14 @@ class PaymentRepository(Protocol):
         Returns False (and writes nothing) if it was not."""
         ...
 
+    async def get_many(self, payment_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Payment]:
+        """Locked in id order when `for_update`, so concurrent roll-ups never deadlock."""
+        ...
+
+    async def save_roll_up(self, payment: Payment) -> None:
+        """Persist captured amount, open orders and status after an order finished."""
+        ...
+
     async def claim_pending_authorizations(
         self, *, created_before: datetime, lease_ms: int, limit: int
     ) -> list[PendingAuthorization]:
@@ -163,9 +172,51 @@ class PaymentRepository(Protocol):
         ...
 
 
+class StaleOrder(Exception):
+    """A guarded payment-order update found the row changed: the transaction must not commit."""
+
+
+class PaymentOrderRepository(Protocol):
+    async def add_all(self, orders: Sequence[tuple[PaymentOrder, str, str | None]]) -> set[int]:
+        """Insert (order, trace id, traceparent) rows; ids already there are skipped. Returns
+        the ids inserted."""
+        ...
+
+    async def get_many(self, payment_order_ids: Sequence[int], *, for_update: bool = False) -> dict[int, PaymentOrder]:
+        """Locked in id order when `for_update`."""
+        ...
+
+    async def save_all(self, changes: Sequence[tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]]) -> None:
+        """Write each order's new state, guarded on its state before (status, retry count): the
+        UPDATE itself refuses to regress an order. Raises StaleOrder if any guard failed."""
+        ...
+
+    async def traces(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """(trace id, traceparent) each order was created in."""
+        ...
+
+    async def mark_retries_dispatched(self, payment_order_ids: Sequence[int]) -> None:
+        """The due retry of these orders is in the outbox: not pending any more."""
+        ...
+
+    async def overdue_retries(self, *, before: datetime, limit: int) -> list[tuple[int, int, int]]:
+        """(id, attempt, due epoch ms) of PENDING_CAPTURE orders whose undispatched retry was due
+        before `before`."""
+        ...
+
+
 class PaymentsUnitOfWork(Protocol):
     payments: PaymentRepository
     idempotency: IdempotencyStore
+    orders: PaymentOrderRepository
+
+    async def claim_inbox(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Mark events processed by `consumer` in this transaction; returns the new ones."""
+        ...
+
+    async def seen(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of these events `consumer` has processed (committed)."""
+        ...
 
     async def __aenter__(self) -> PaymentsUnitOfWork: ...
 

@@ -47,6 +47,7 @@ class Payment:
         "captured",
         "status",
         "lines",
+        "orders_open",
         "created_at",
         "updated_at",
         "events",
@@ -64,6 +65,7 @@ class Payment:
         lines: list[PaymentLine],
         created_at: datetime,
         updated_at: datetime,
+        orders_open: int | None = None,
     ) -> None:
         self.payment_id = payment_id
         self.buyer_id = buyer_id
@@ -72,6 +74,7 @@ class Payment:
         self.captured = captured
         self.status = status
         self.lines = lines
+        self.orders_open = len(lines) if orders_open is None else orders_open
         self.created_at = created_at
         self.updated_at = updated_at
         self.events: list[PaymentAuthorized] = []
@@ -151,6 +154,29 @@ class Payment:
             raise InvariantViolation(f"payment can only be declined from PENDING_AUTH, is {self.status}")
         self.status = PaymentStatus.DECLINED
         self.updated_at = now
+
+    def record_order_outcome(self, *, captured: Money | None, now: datetime) -> bool:
+        """One of the payment's orders reached a terminal state (captured: its amount, else
+        None). Returns True when that was the last one: the payment is then CAPTURED (all
+        captured), CAPTURED_PARTIALLY (some) or CAPTURE_FAILED (none)."""
+        if self.status is not PaymentStatus.AUTHORIZED or self.orders_open <= 0:
+            raise InvariantViolation(f"payment {self.public_id} has no open order ({self.status})")
+        if captured is not None:
+            total = self.captured + captured
+            if total.amount_minor > self.total.amount_minor:
+                raise InvariantViolation("captured amount cannot exceed the total")
+            self.captured = total
+        self.orders_open -= 1
+        self.updated_at = max(self.updated_at, now)
+        if self.orders_open:
+            return False
+        if self.captured == self.total:
+            self.status = PaymentStatus.CAPTURED
+        elif self.captured.amount_minor > 0:
+            self.status = PaymentStatus.CAPTURED_PARTIALLY
+        else:
+            self.status = PaymentStatus.CAPTURE_FAILED
+        return True
 
     def pull_events(self) -> list[PaymentAuthorized]:
         events, self.events = self.events, []
