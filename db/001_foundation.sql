@@ -81,3 +81,12 @@ CREATE TABLE instance_leases (
     holder       text        NOT NULL,
     heartbeat_at timestamptz NOT NULL
 );
+
+-- Which database this is: Redis state (retry timers, balance overlay) records it, so Redis keys
+-- left over from another database (restored, recreated) are recognised and cleared at start.
+CREATE TABLE database_identity (
+    singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    identity   text        NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO database_identity DEFAULT VALUES;

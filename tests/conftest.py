@@ -151,6 +151,8 @@ def settings_for(redis_url: str, redis_prefix: str, tmp_path: object):  # noqa: 
     """settings_for(dsn, **overrides) -> Settings pointing at the test services."""
 
     def build(dsn: str, **overrides: object) -> Settings:
-        return make_settings(dsn, redis_url, redis_prefix, str(tmp_path), **overrides)
+        # a Redis namespace per test (each has its own database), under the run's prefix
+        prefix = f"{redis_prefix}{secrets.token_hex(3)}:"
+        return make_settings(dsn, redis_url, prefix, str(tmp_path), **overrides)
 
     return build

@@ -383,3 +383,170 @@ class ScriptedCaptureGateway:
         outcome = script[min(attempt, len(script) - 1)]
         self.calls.append((idempotency_key, outcome))
         return outcome
+
+
+# -- ledger and balances ----------------------------------------------------------------------
+
+
+@dataclass
+class FakeLedgerState:
+    clock: Clock
+    sellers: FakeSellerStore | None = None  # the directory, for commission rates
+    journals: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    seq: int = 0
+
+
+class FakeJournalRepository:
+    def __init__(self, state: FakeLedgerState) -> None:
+        self._s = state
+
+    async def enter_commit_fence(self) -> None:
+        return None
+
+    async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
+        directory = self._s.sellers.sellers if self._s.sellers else {}
+        return {s: directory[s].commission_bps for s in seller_ids if s in directory}
+
+    async def add_all(self, items: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+        from marketplace_pay.ledger.application.recording import StoredJournal
+
+        out = {}
+        for journal, ref in items:
+            if journal.journal_id not in self._s.journals:
+                self._s.seq += 1
+                self._s.journals[journal.journal_id] = (StoredJournal(journal, self._s.seq, self._s.clock.now()), ref)
+            out[journal.journal_id] = self._s.journals[journal.journal_id][0]
+        return out
+
+
+class FakeLedgerUnitOfWork:
+    """Shares the payments FakeDatabase's outbox and inbox (one database, like Postgres). Like
+    the payments fake, it assumes units of work run one after another."""
+
+    def __init__(self, db: FakeDatabase, ledger: FakeLedgerState) -> None:
+        self._db = db
+        self._ledger = ledger
+
+    async def __aenter__(self) -> "FakeLedgerUnitOfWork":
+        self._state = copy.deepcopy(self._db.state)
+        self._journals_before = (dict(self._ledger.journals), self._ledger.seq)
+        self.journals = FakeJournalRepository(self._ledger)
+        self._pending: list[Envelope[Any]] = []
+        self._committed = False
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._committed:
+            self._ledger.journals, self._ledger.seq = self._journals_before
+
+    async def claim_inbox(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        fresh = {e for e in event_ids if (consumer, e) not in self._state.inbox}
+        self._state.inbox.update((consumer, e) for e in fresh)
+        return fresh
+
+    def publish(self, *envelopes: Envelope[Any]) -> None:
+        self._pending.extend(envelopes)
+
+    async def commit(self) -> None:
+        known = {e.event_id for e in self._state.outbox}
+        self._state.outbox.extend(e for e in self._pending if e.event_id not in known)
+        self._db.state = self._state  # like the payments fake: units of work run one at a time here
+        self._committed = True
+
+
+class FakeOverlay:
+    """The Redis overlay's contract, in memory (tests/contract keeps them in step)."""
+
+    def __init__(self) -> None:
+        self.horizon = 0
+        self.zsets: dict[str, dict[int, int]] = {}
+
+    async def apply(self, entries: Sequence[tuple[str, int, int]]) -> int:
+        added = 0
+        for code, seq, amount in entries:
+            if seq > self.horizon and seq not in self.zsets.setdefault(code, {}):
+                self.zsets[code][seq] = amount
+                added += 1
+        return added
+
+    async def entries(self, account_code: str) -> list[tuple[int, int]]:
+        return sorted(self.zsets.get(account_code, {}).items())
+
+    async def accounts(self) -> list[str]:
+        return [c for c, z in self.zsets.items() if z]
+
+    async def prune(self, horizon: int, account_codes: Sequence[str]) -> None:
+        self.horizon = max(self.horizon, horizon)
+        for code in account_codes or list(self.zsets):
+            self.zsets[code] = {s: a for s, a in self.zsets.get(code, {}).items() if s > horizon}
+
+    async def clear(self) -> None:
+        self.zsets.clear()
+
+
+class FakeBalanceStore:
+    """Folds the fake ledger's journals (no concurrent writers here: every journal is final)."""
+
+    def __init__(self, ledger: FakeLedgerState) -> None:
+        self._ledger = ledger
+        self.horizon = 0
+        self.balances: dict[str, int] = {}
+
+    def _postings(self) -> list[tuple[str, int, int]]:
+        return [
+            (p.account.code, stored.seq, p.signed_amount_minor)
+            for stored, _ in self._ledger.journals.values()
+            for p in stored.journal.postings
+        ]
+
+    async def fold(self) -> Any:
+        from marketplace_pay.balances.application.balances import Folded
+
+        top = self._ledger.seq
+        touched = set()
+        for code, seq, amount in self._postings():
+            if self.horizon < seq <= top:
+                self.balances[code] = self.balances.get(code, 0) + amount
+                touched.add(code)
+        self.horizon = max(self.horizon, top)
+        return Folded(self.horizon, sorted(touched))
+
+    async def snapshot(self, account_code: str) -> Any:
+        from marketplace_pay.balances.application.balances import Snapshot
+
+        currency = account_code.rsplit(".", 1)[-1]
+        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.horizon, None)
+
+    async def snapshot_drift(self) -> list[Any]:
+        from marketplace_pay.balances.application.balances import Drift
+
+        expected: dict[str, int] = {}
+        for code, seq, amount in self._postings():
+            if seq <= self.horizon:
+                expected[code] = expected.get(code, 0) + amount
+        return [Drift("snapshot", c, expected.get(c, 0), self.balances.get(c, 0))
+                for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0)]
+
+    async def posting_sums(self) -> tuple[int, dict[str, int]]:
+        sums: dict[str, int] = {}
+        for code, _, amount in self._postings():
+            sums[code] = sums.get(code, 0) + amount
+        return self._ledger.seq, sums
+
+    async def trial_balance_drift(self) -> list[Any]:
+        return []
+
+    async def auth_drift(self) -> list[Any]:
+        return []
+
+    async def rebuild_snapshots(self) -> int:
+        expected: dict[str, int] = {}
+        for code, seq, amount in self._postings():
+            if seq <= self.horizon:
+                expected[code] = expected.get(code, 0) + amount
+        changed = sum(1 for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0))
+        self.balances = expected
+        return changed
+
+    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int]]]:
+        return self.horizon, [p for p in self._postings() if p[1] > self.horizon]

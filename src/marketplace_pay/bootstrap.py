@@ -26,8 +26,23 @@ from marketplace_pay.infra.kafka_bus import KafkaEventBus
 from marketplace_pay.infra.locks import LeasedIdGenerator, SessionLocks
 from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.infra.outbox import OutboxRelay
-from marketplace_pay.ledger.adapters.postgres import PgSellerStore
+from marketplace_pay.balances.adapters.postgres import PgBalanceStore
+from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
+from marketplace_pay.balances.application import balances
+from marketplace_pay.balances.application.balances import Balance, BalanceStore, Overlay
+from marketplace_pay.ledger.adapters.postgres import (
+    JournalView,
+    PgLedgerUnitOfWork,
+    PgSellerStore,
+    PostingLine,
+    account_exists,
+    fetch_payment_journals,
+    fetch_postings,
+)
+from marketplace_pay.ledger.application import recording
 from marketplace_pay.ledger.application.directory import SellerStore
+from marketplace_pay.ledger.application.recording import LedgerUnitOfWork
+from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerRecordingCommand
 from marketplace_pay.payments.adapters.postgres import PgPaymentsUnitOfWork, fetch_payment_view
 from marketplace_pay.payments.adapters.psp import CallLog, SimulatedAuthorizationGateway, SimulatedCaptureGateway
 from marketplace_pay.payments.adapters.redis import RedisRetryQueue
@@ -47,6 +62,7 @@ from marketplace_pay.payments.domain.events import (
     PaymentAuthorized,
     PaymentOrderCaptureCommand,
     PaymentOrderCreated,
+    PaymentOrderFinalized,
     PaymentOrderPspResultUpdated,
 )
 from marketplace_pay.settings import Settings
@@ -84,7 +100,23 @@ async def resolve_dsn(settings: Settings) -> str:
     return await asyncio.to_thread(embedded_postgres, settings.data_dir)
 
 
-async def open_resources(settings: Settings) -> Resources:
+@dataclass
+class Stores:
+    """The databases only (for CLI commands): no id lease, no relay."""
+
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    embedded_redis: EmbeddedRedis | None
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.close()
+        if self.embedded_redis is not None:
+            await asyncio.to_thread(self.embedded_redis.stop)
+
+
+async def _connect(settings: Settings) -> tuple[str, str, EmbeddedRedis | None]:
+    """DSN and Redis URL (starting the embedded ones when unset), with migrations applied."""
     dsn = await resolve_dsn(settings)
     embedded_redis = None
     redis_url = settings.redis_url
@@ -98,6 +130,39 @@ async def open_resources(settings: Settings) -> Resources:
             log.info("migrations applied", extra={"migrations": applied})
     finally:
         await conn.close()
+    return dsn, redis_url, embedded_redis
+
+
+def _redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+
+
+async def open_stores(settings: Settings) -> Stores:
+    dsn, redis_url, embedded_redis = await _connect(settings)
+    pool = await create_pool(dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.instance_name}:cli")
+    return Stores(pool, _redis(redis_url), embedded_redis)
+
+
+async def claim_redis(pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
+    """Redis keys under `prefix` belong to one database. Keys left by another (the database was
+    recreated or restored) would mislead the retry timers and the balance overlay: drop them —
+    Postgres holds everything they derive from (pending retries are requeued from it, the
+    overlay refills and the fold catches up)."""
+    identity = await pool.fetchval("SELECT identity FROM database_identity")
+    key = f"{prefix}database"
+    previous = await client.get(key)  # (SET NX GET needs Redis 7; the embedded one is 6.2)
+    if previous is None:
+        await client.set(key, identity, nx=True)
+    elif previous.decode() != identity:
+        stale = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000) if k.decode() != key]
+        for i in range(0, len(stale), 1000):
+            await client.delete(*stale[i : i + 1000])
+        await client.set(key, identity)
+        log.warning("Redis held state of another database; cleared it", extra={"keys": len(stale), "prefix": prefix})
+
+
+async def open_resources(settings: Settings) -> Resources:
+    dsn, redis_url, embedded_redis = await _connect(settings)
     pool = await create_pool(
         dsn,
         min_size=settings.db_pool_min,
@@ -110,7 +175,8 @@ async def open_resources(settings: Settings) -> Resources:
     ids = LeasedIdGenerator(locks, holder=settings.instance_name)
     await ids.acquire()
     ids.start()
-    redis_client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+    redis_client = _redis(redis_url)
+    await claim_redis(pool, redis_client, settings.redis_prefix)
     return Resources(dsn, redis_url, pool, redis_client, locks, ids, embedded_redis)
 
 
@@ -142,6 +208,12 @@ class Container:
     verifier: JwtVerifier
     payment_view: Callable[[int], Awaitable[PaymentView | None]]
     retries: RetryQueue
+    ledger_uow: Callable[[], LedgerUnitOfWork]
+    overlay: Overlay
+    balance_store: BalanceStore
+    statement: Callable[..., Awaitable[tuple[list[PostingLine], bool]]]
+    payment_journals: Callable[[int], Awaitable[list[JournalView]]]
+    account_exists: Callable[[str], Awaitable[bool]]
     resources: Resources | None = None
     relay: OutboxRelay | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
@@ -149,10 +221,14 @@ class Container:
     resolve_pending_authorizations: Callable[[], Awaitable[int]] = field(init=False)
     dispatch_due_retries: Callable[[], Awaitable[int]] = field(init=False)
     requeue_lost_retries: Callable[[], Awaitable[int]] = field(init=False)
+    read_balance: Callable[[str], Awaitable[Balance | None]] = field(init=False)
+    fold_balances: Callable[[], Awaitable[Any]] = field(init=False)
+    reconcile: Callable[..., Awaitable[balances.ReconcileReport]] = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
         self._wire_capture()
+        self._wire_ledger()
         self.create_payment = partial(
             create_payment,
             uow=self.payments_uow,
@@ -214,6 +290,32 @@ class Container:
             capture.requeue_lost_retries, uow=uow, retries=self.retries, clock=clock, overdue_ms=s.retry_requeue_after_ms
         )
 
+    def _wire_ledger(self) -> None:
+        uow, clock, batch = self.ledger_uow, self.clock, self.settings.handler_batch_max
+        self.subscriptions += [
+            Subscription(
+                recording.DISPATCH_AUTHORIZED,
+                PaymentAuthorized,
+                partial(recording.request_recording_of_authorizations, uow=uow, clock=clock),
+                batch,
+            ),
+            Subscription(
+                recording.DISPATCH_FINALIZED,
+                PaymentOrderFinalized,
+                partial(recording.request_recording_of_finalizations, uow=uow, clock=clock),
+                batch,
+            ),
+            Subscription(
+                recording.RECORD, LedgerRecordingCommand, partial(recording.record_ledger_entries, uow=uow, clock=clock), batch
+            ),
+            Subscription(
+                balances.APPLY, LedgerEntriesRecorded, partial(balances.apply_ledger_entries, overlay=self.overlay), batch
+            ),
+        ]
+        self.read_balance = partial(balances.read_balance, store=self.balance_store, overlay=self.overlay, clock=clock)
+        self.fold_balances = partial(balances.fold_balances, store=self.balance_store, overlay=self.overlay)
+        self.reconcile = partial(balances.reconcile, store=self.balance_store, overlay=self.overlay, clock=clock)
+
     async def start(self) -> None:
         """Subscribe the handlers, start the bus and the outbox relay."""
         for subscription in self.subscriptions:
@@ -226,6 +328,10 @@ class Container:
         if self.relay is not None:
             await self.relay.stop(grace_s=self.settings.shutdown_grace_s / 2)
         await self.bus.stop()
+
+
+async def _unavailable(*_: Any, **__: Any) -> Any:
+    raise RuntimeError("reads need the database (bootstrap with resources)")
 
 
 def _bus(settings: Settings, dispatcher: Dispatcher, topics: Sequence[str]) -> EventBus:
@@ -252,6 +358,9 @@ def bootstrap(
     psp_capture: CaptureGateway | None = None,
     payments_uow: Callable[[], PaymentsUnitOfWork] | None = None,
     retries: RetryQueue | None = None,
+    ledger_uow: Callable[[], LedgerUnitOfWork] | None = None,
+    overlay: Overlay | None = None,
+    balance_store: BalanceStore | None = None,
     sellers: SellerStore | None = None,
     payment_view: Callable[[int], Awaitable[PaymentView | None]] | None = None,
 ) -> Container:
@@ -282,8 +391,22 @@ def bootstrap(
         payment_view = payment_view or partial(fetch_payment_view, pool)
         ids = ids or resources.ids
         retries = retries or RedisRetryQueue(resources.redis, prefix=settings.redis_prefix)
-    if bus is None or ids is None or payments_uow is None or sellers is None or payment_view is None or retries is None:
-        raise ValueError("without resources, pass bus, ids, payments_uow, retries, sellers and payment_view")
+        ledger_uow = ledger_uow or (lambda: PgLedgerUnitOfWork(pool, on_commit=wake))
+        overlay = overlay or RedisBalanceOverlay(resources.redis, prefix=settings.redis_prefix)
+        balance_store = balance_store or PgBalanceStore(pool)
+        reads: dict[str, Any] = {
+            "statement": partial(fetch_postings, pool),
+            "payment_journals": partial(fetch_payment_journals, pool),
+            "account_exists": partial(account_exists, pool),
+        }
+    else:
+        reads = {"statement": _unavailable, "payment_journals": _unavailable, "account_exists": _unavailable}
+    needed = (bus, ids, payments_uow, sellers, payment_view, retries, ledger_uow, overlay, balance_store)
+    if any(x is None for x in needed):
+        raise ValueError(
+            "without resources, pass bus, ids, payments_uow, sellers, payment_view, retries, ledger_uow, overlay "
+            "and balance_store"
+        )
     verifier = JwtVerifier(
         secret=None if settings.jwt_jwks_url else resolve_jwt_secret(settings.jwt_secret, settings.data_dir),
         jwks_url=settings.jwt_jwks_url,
@@ -304,7 +427,11 @@ def bootstrap(
         verifier=verifier,
         payment_view=payment_view,
         retries=retries,
+        ledger_uow=ledger_uow,
+        overlay=overlay,
+        balance_store=balance_store,
         resources=resources,
+        **reads,
         relay=relay,
     )
     return container

@@ -97,7 +97,9 @@ async def test_killed_between_commit_and_publish_the_event_is_published_exactly_
     conn = await asyncpg.connect(fresh_database)
     try:
         payment_id = await conn.fetchval("SELECT payment_id FROM payments WHERE buyer_id = $1", buyer)
-        row = await conn.fetchrow("SELECT event_id, status FROM outbox WHERE msg_key = $1", str(payment_id))
+        row = await conn.fetchrow(
+            "SELECT event_id, status FROM outbox WHERE event_type = 'payment_authorized' AND msg_key = $1", str(payment_id)
+        )
     finally:
         await conn.close()
     assert row["status"] == "CLAIMED"  # committed, claimed, never published

@@ -295,7 +295,8 @@ async def test_twenty_concurrent_identical_posts_make_one_payment_one_psp_call_o
         assert len(psp.calls) == 1
         assert await svc.fetchval("SELECT count(*) FROM payments WHERE buyer_id = $1", body["buyerId"]) == 1
         assert await svc.fetchval(
-            "SELECT count(*) FROM outbox WHERE msg_key = (SELECT payment_id::text FROM payments WHERE buyer_id = $1)",
+            "SELECT count(*) FROM outbox WHERE event_type = 'payment_authorized' "
+            "AND msg_key = (SELECT payment_id::text FROM payments WHERE buyer_id = $1)",
             body["buyerId"],
         ) == 1
         assert sum(1 for r in responses if r.headers.get("idempotent-replayed") == "true") == 19

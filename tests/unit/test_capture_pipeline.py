@@ -9,97 +9,14 @@ from typing import Any
 
 import pytest
 
-from marketplace_pay.bootstrap import bootstrap
-from marketplace_pay.infra.dispatch import Dispatcher
-from marketplace_pay.infra.memory_bus import InMemoryEventBus
-from marketplace_pay.payments.adapters.http import render
-from marketplace_pay.payments.application.create_payment import CreatePayment, Created, LineRequest
 from marketplace_pay.payments.application.ports import CaptureOutcome
 from marketplace_pay.payments.domain.payment import PaymentStatus
 from marketplace_pay.payments.domain.payment_order import PaymentOrderStatus
-from marketplace_pay.settings import Settings
-from marketplace_pay.shared.clock import FixedClock
 from marketplace_pay.shared.envelope import Envelope
-from marketplace_pay.shared.money import Currency, Money
-from tests.fakes import (
-    FakeDatabase,
-    FakeIds,
-    FakePaymentsUnitOfWork,
-    FakeRetryQueue,
-    FakeSellerStore,
-    ScriptedAuthorizationGateway,
-    ScriptedCaptureGateway,
-)
+from marketplace_pay.shared.money import Money
+from tests.world import World
 
 C, D, R = CaptureOutcome.CAPTURED, CaptureOutcome.DECLINED, CaptureOutcome.RETRYABLE
-
-
-class NoDeadLetters:
-    async def record(self, **_: object) -> None:
-        raise AssertionError("unexpected dead letter")
-
-
-class World:
-    def __init__(self, answers: dict[int, list[CaptureOutcome]] | None = None, *, duplicate: bool = False) -> None:
-        self.clock = FixedClock()
-        self.db = FakeDatabase(self.clock)
-        self.psp = ScriptedCaptureGateway(answers)
-        self.retries = FakeRetryQueue()
-        self.container = bootstrap(
-            Settings(jwt_secret="x", retry_base_ms=2000, retry_cap_ms=60000, psp_capture_timeout_ms=50),
-            clock=self.clock,
-            ids=FakeIds(),
-            bus=InMemoryEventBus(Dispatcher(dead_letters=NoDeadLetters(), max_attempts=1)),
-            psp_auth=ScriptedAuthorizationGateway(),
-            psp_capture=self.psp,
-            payments_uow=lambda: FakePaymentsUnitOfWork(self.db),
-            retries=self.retries,
-            sellers=FakeSellerStore(self.clock),
-            payment_view=lambda _: asyncio.sleep(0),  # type: ignore[arg-type,return-value]
-        )
-        self.handlers = {s.event.event_type: s.handler for s in self.container.subscriptions}
-        self.cursor = 0
-        self.duplicate = duplicate
-        self.delivered: list[Envelope[Any]] = []
-
-    async def pay(self, *amounts: int) -> int:
-        sellers = ["SELLER-111", "SELLER-222", "SELLER-333"]
-        lines = [LineRequest(sellers[i], Money(a, Currency.EUR)) for i, a in enumerate(amounts)]
-        cmd = CreatePayment(
-            buyer_id="b", order_id=str(self.clock.now_ms()), total=Money(sum(amounts), Currency.EUR), lines=lines, trace_id="f" * 32
-        )
-        result = await self.container.create_payment(cmd, render=render)
-        assert isinstance(result, Created)
-        return result.payment.payment_id
-
-    async def drain(self) -> None:
-        while self.cursor < len(self.db.state.outbox):
-            env = self.db.state.outbox[self.cursor]
-            self.cursor += 1
-            handler = self.handlers.get(env.event_type)
-            if handler is None:
-                continue
-            self.delivered.append(env)
-            await handler([env, env] if self.duplicate else [env])
-            if self.duplicate:
-                await handler([env])
-
-    async def settle(self, rounds: int = 20) -> None:
-        for _ in range(rounds):
-            await self.drain()
-            self.clock.advance(ms=60_000)
-            if not await self.container.dispatch_due_retries():
-                return
-        raise AssertionError("did not settle")
-
-    def orders(self) -> dict[int, Any]:
-        return {i: s.order for i, s in self.db.state.orders.items()}
-
-    def payment(self, payment_id: int) -> Any:
-        return self.db.state.payments[payment_id].payment
-
-    def events(self, event_type: str) -> list[Envelope[Any]]:
-        return [e for e in self.db.state.outbox if e.event_type == event_type]
 
 
 async def test_every_order_is_captured_and_the_payment_rolls_up() -> None:
@@ -183,10 +100,10 @@ async def test_results_out_of_order_and_late_are_ignored() -> None:
     [order] = w.orders().values()
     assert (order.status, order.retry_count) == (PaymentOrderStatus.CAPTURED, 1)
     # Replay the whole history backwards, under new delivery ids (as a broker replay would).
-    apply = w.handlers["payment_order_psp_result_updated"]
-    capture = w.handlers["payment_order_capture_requested"]
+    [apply] = w.handlers["payment_order_psp_result_updated"]
+    [capture] = w.handlers["payment_order_capture_requested"]
     calls = len(w.psp.calls)
-    for env in reversed(w.delivered):
+    for env in reversed(list({e.event_id: e for e in w.delivered}.values())):
         stale = Envelope(**{**{f: getattr(env, f) for f in env.__struct_fields__}, "event_id": env.event_id + ":replayed"})
         if env.event_type == "payment_order_psp_result_updated":
             await apply([stale])

@@ -8,9 +8,6 @@ import hashlib
 import msgspec
 import pytest
 
-from marketplace_pay.bootstrap import bootstrap
-from marketplace_pay.infra.dispatch import Dispatcher
-from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.ledger.application.directory import OnboardSeller
 from marketplace_pay.ledger.domain.accounts import AccountStatus
 from marketplace_pay.payments.adapters.http import render
@@ -23,23 +20,10 @@ from marketplace_pay.payments.application.create_payment import (
 )
 from marketplace_pay.payments.application.ports import AuthorizationOutcome
 from marketplace_pay.payments.domain.payment import PaymentStatus
-from marketplace_pay.settings import Settings
-from marketplace_pay.shared.clock import FixedClock
 from marketplace_pay.shared.errors import ConflictError, UnprocessableError, ValidationError
 from marketplace_pay.shared.money import Currency, Money
-from tests.fakes import (
-    FakeDatabase,
-    FakeIds,
-    FakePaymentsUnitOfWork,
-    FakeRetryQueue,
-    FakeSellerStore,
-    ScriptedAuthorizationGateway,
-)
-
-
-class NoDeadLetters:
-    async def record(self, **_: object) -> None:
-        raise AssertionError("unexpected dead letter")
+from tests.fakes import ScriptedAuthorizationGateway
+from tests.world import World as BaseWorld
 
 
 def eur(q: int) -> Money:
@@ -66,26 +50,10 @@ def cmd(
     )
 
 
-class World:
+class World(BaseWorld):
     def __init__(self, outcome: AuthorizationOutcome = AuthorizationOutcome.APPROVED) -> None:
-        self.clock = FixedClock()
-        self.db = FakeDatabase(self.clock)
-        self.psp = ScriptedAuthorizationGateway(outcome)
-        self.sellers = FakeSellerStore(self.clock)
-        self.container = bootstrap(
-            Settings(jwt_secret="x", psp_auth_timeout_ms=50),
-            clock=self.clock,
-            ids=FakeIds(),
-            bus=InMemoryEventBus(Dispatcher(dead_letters=NoDeadLetters(), max_attempts=1)),
-            psp_auth=self.psp,
-            payments_uow=lambda: FakePaymentsUnitOfWork(self.db),
-            retries=FakeRetryQueue(),
-            sellers=self.sellers,
-            payment_view=lambda _: asyncio.sleep(0),  # type: ignore[arg-type,return-value]
-        )
-
-    async def create(self, c: CreatePayment) -> Created | Replayed:
-        return await self.container.create_payment(c, render=render)
+        super().__init__(psp_auth=ScriptedAuthorizationGateway(outcome))
+        self.psp = self.psp_auth  # type: ignore[assignment] - here the PSP under test authorizes
 
 
 async def test_approved_payment_is_authorized_with_one_event_in_the_outbox() -> None:

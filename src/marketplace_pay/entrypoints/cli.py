@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile."""
 
 from __future__ import annotations
 
@@ -158,6 +158,51 @@ def cmd_sellers(args: argparse.Namespace) -> int:
     return asyncio.run(_with_db(settings, run))
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare every balance with its postings; exit 1 on any difference. --repair rebuilds the
+    snapshots and the Redis overlay from the postings first."""
+    from marketplace_pay.balances.adapters.postgres import PgBalanceStore
+    from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
+    from marketplace_pay.balances.application.balances import drift_report, reconcile
+    from marketplace_pay.bootstrap import open_stores
+    from marketplace_pay.shared.clock import SystemClock
+
+    settings = _settings()
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    async def run() -> int:
+        stores = await open_stores(settings)
+        try:
+            store = PgBalanceStore(stores.pool)
+            overlay = RedisBalanceOverlay(stores.redis, prefix=settings.redis_prefix)
+            say("reconcile: folding, then checking every account against its postings ...")
+            if args.repair:
+                say("reconcile: --repair: rebuilding snapshots and the Redis overlay from the postings ...")
+            report = await reconcile(store=store, overlay=overlay, clock=SystemClock(), repair=args.repair)
+            trial = await store.trial_balance()
+        finally:
+            await stores.close()
+        differences = drift_report(report)
+        if args.json:
+            print(json.dumps({"ok": report.ok, "accountsChecked": report.accounts_checked, "repaired": report.repaired,
+                              "differences": differences, "trialBalance": [
+                                  {"currency": c, "debits": d, "credits": k} for c, d, k in trial]}))
+        else:
+            for c, d, k in trial:
+                print(f"trial balance {c}: debits {d} credits {k} difference {d - k}")
+            for d in differences:
+                print(f"DIFFERENCE {d['check']} {d['subject']}: expected {d['expected']} actual {d['actual']} "
+                      f"({d['difference']:+d} minor units)")
+            print(f"{'OK' if report.ok else 'FAILED'}: {report.accounts_checked} accounts checked, "
+                  f"{len(differences)} difference(s){', repaired' if report.repaired else ''}")
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketplace-pay", description="Payments, ledger and balances for marketplaces")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("seller_id")
     status.add_argument("status", choices=["ACTIVE", "SUSPENDED", "CLOSED"])
     sellers.set_defaults(fn=cmd_sellers)
+
+    reconcile = sub.add_parser("reconcile", help="check every balance against its postings (exit 1 on a difference)")
+    reconcile.add_argument("--repair", action="store_true", help="rebuild snapshots and the Redis overlay from the postings")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.set_defaults(fn=cmd_reconcile)
     return p
 
 

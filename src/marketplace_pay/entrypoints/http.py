@@ -21,6 +21,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from marketplace_pay.balances.adapters.http import ROUTES as BALANCE_ROUTES
 from marketplace_pay.bootstrap import Container, bootstrap, open_resources
 from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS
 from marketplace_pay.entrypoints.jobs import running
@@ -130,7 +131,7 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
             log.info("marketplace-pay stopped")
 
     app = Litestar(
-        route_handlers=[*PAYMENT_ROUTES, *LEDGER_ROUTES, live, ready, prometheus],
+        route_handlers=[*PAYMENT_ROUTES, *LEDGER_ROUTES, *BALANCE_ROUTES, live, ready, prometheus],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[observe],

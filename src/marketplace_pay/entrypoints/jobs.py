@@ -14,6 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from marketplace_pay.balances.application.balances import drift_report
 from marketplace_pay.bootstrap import Container
 from marketplace_pay.infra.dispatch import is_transient
 from marketplace_pay.infra.locks import run_exclusive
@@ -72,6 +73,22 @@ def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
 
         every("payments-retry-reclaim", reclaim_retries, ms=max(1000, s.retry_inflight_timeout_ms // 4))
         every("payments-retry-gauge", container.retries.sizes, ms=5000)
+        every("balances-fold", container.fold_balances, ms=s.balance_fold_ms)
+
+        async def sweep_overlay() -> None:  # late entries of accounts no fold touched since
+            snapshot_horizon = await pool.fetchval("SELECT folded_seq FROM balance_horizon")
+            await container.overlay.prune(int(snapshot_horizon), [])
+
+        async def reconcile() -> None:
+            async def run(_: object) -> None:
+                report = await container.reconcile()
+                if not report.ok:
+                    log.error("reconciliation found differences", extra={"drift": drift_report(report)[:50]})
+
+            await run_exclusive(pool, "balances-reconcile", run)
+
+        every("balances-overlay-sweep", sweep_overlay, ms=60_000)
+        every("balances-reconcile", reconcile, ms=s.reconcile_interval_s * 1000)
 
         async def prune_inbox() -> None:
             await run_exclusive(

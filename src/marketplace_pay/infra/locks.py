@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 NS_INSTANCE = 0x4D500001
 NS_RELAY = 0x4D500002
 NS_JOB = 0x4D500003
+NS_LEDGER_FENCE = 0x4D500004
 
 T = TypeVar("T")
 
@@ -138,12 +139,17 @@ def job_lock_key(name: str) -> int:
 
 
 async def run_exclusive(pool: asyncpg.Pool, name: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T | None:
-    """Run `fn` if no other process runs the job `name` right now (transaction advisory lock,
-    released at commit or when the connection dies). Returns None if skipped."""
-    async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", NS_JOB, job_lock_key(name)):
+    """Run `fn` if no other process runs the job `name` right now (a session advisory lock on a
+    pooled connection, released after the run, or with the connection if the process dies).
+    Returns None if skipped."""
+    key = job_lock_key(name)
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NS_JOB, key):
             return None
-        return await fn(conn)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", NS_JOB, key)
 
 
 class IdsUnavailable(RuntimeError):

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, patch, post
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import PathParameter
 
 from marketplace_pay.infra.auth import ADMIN, FINANCE, requires
@@ -18,8 +19,11 @@ from marketplace_pay.ledger.application.directory import (
     change_seller_status,
     onboard_seller,
 )
-from marketplace_pay.ledger.domain.accounts import AccountStatus
-from marketplace_pay.shared.errors import NotFoundError
+from marketplace_pay.infra.auth import SELLER, principal
+from marketplace_pay.ledger.adapters.postgres import JournalView, PostingLine
+from marketplace_pay.ledger.domain.accounts import AccountStatus, AccountType, InvalidAccountCode, parse_account_code
+from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.ids import PAYMENT_PREFIX, InvalidPublicId, decode_public_id
 from marketplace_pay.shared.money import Currency
 
 
@@ -100,4 +104,69 @@ async def update_seller(request: Request[Any, Any, Any], seller_id: Annotated[st
     return SellerView.of(seller)
 
 
-ROUTES = [create_seller, get_seller, update_seller]
+class Statement(msgspec.Struct, frozen=True, rename="camel"):
+    data: list[PostingLine]
+    has_more: bool
+    next_cursor: str | None
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 50
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise ValidationError("Invalid limit", errors=[FieldError("limit", "must be an integer from 1 to 500")])
+    return int(raw)
+
+
+def _cursor(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise ValidationError("Invalid cursor", errors=[FieldError("after", "must be a nextCursor value")])
+    return int(raw)
+
+
+@get(
+    "/api/v1/accounts/{account_code:str}/postings",
+    guards=[requires(FINANCE, SELLER)],
+    summary="An account's postings, newest first (keyset paging: ?limit=&after=<nextCursor>)",
+    tags=["ledger"],
+)
+async def account_postings(request: Request[Any, Any, Any], account_code: Annotated[str, PathParameter()]) -> Statement:
+    who = principal(request)
+    if not who.has_any([FINANCE]):  # a seller reads only its own payable account
+        try:
+            account = parse_account_code(account_code)
+        except InvalidAccountCode:
+            account = None
+        if account is None or account.type is not AccountType.MERCHANT_PAYABLE or account.entity_id != who.seller_id:
+            raise PermissionDeniedException("A seller may only read its own MERCHANT_PAYABLE account")
+    limit = _limit(request.query_params.get("limit"))
+    after = _cursor(request.query_params.get("after"))
+    container = request.app.state.container
+    if not await container.account_exists(account_code):
+        raise NotFoundError(f"Account {account_code} not found")
+    lines, has_more = await container.statement(account_code, limit=limit, before_posting_id=after)
+    return Statement(data=lines, has_more=has_more, next_cursor=lines[-1].posting_id if has_more else None)
+
+
+@get(
+    "/api/v1/payments/{payment_id:str}/journal-entries",
+    guards=[requires(FINANCE)],
+    summary="Every journal entry of a payment, with its postings",
+    tags=["ledger"],
+)
+async def payment_journal_entries(
+    request: Request[Any, Any, Any], payment_id: Annotated[str, PathParameter()]
+) -> dict[str, list[JournalView]]:
+    try:
+        internal = decode_public_id(PAYMENT_PREFIX, payment_id)
+    except InvalidPublicId:
+        raise NotFoundError(f"Payment {payment_id} not found") from None
+    container = request.app.state.container
+    if await container.payment_view(internal) is None:
+        raise NotFoundError(f"Payment {payment_id} not found")
+    return {"data": await container.payment_journals(internal)}
+
+
+ROUTES = [create_seller, get_seller, update_seller, account_postings, payment_journal_entries]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
+import msgspec
 
+from marketplace_pay.infra.locks import NS_LEDGER_FENCE
+from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code
-from marketplace_pay.ledger.domain.accounts import AccountStatus
+from marketplace_pay.ledger.application.recording import JournalRef, StoredJournal
+from marketplace_pay.ledger.domain.accounts import AccountStatus, parse_account_code
+from marketplace_pay.ledger.domain.journal import Direction, JournalEntry, JournalType, Posting
+from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
 from marketplace_pay.shared.money import Currency
 
 _SELLER_COLUMNS = "entity_id, account_code, currency, status, commission_bps, created_at, updated_at"
@@ -72,3 +79,195 @@ class PgSellerStore:
             f"SELECT {_SELLER_COLUMNS} FROM accounts WHERE account_type = 'MERCHANT_PAYABLE' ORDER BY entity_id"
         )
         return [_seller(r) for r in rows]
+
+
+# -- journals -------------------------------------------------------------------------------
+
+
+class PgJournalRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def enter_commit_fence(self) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", NS_LEDGER_FENCE)
+
+    async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
+        rows = await self._conn.fetch(
+            """SELECT entity_id, commission_bps FROM accounts
+               WHERE account_type = 'MERCHANT_PAYABLE' AND entity_id = ANY($1::text[])""",
+            list(seller_ids),
+        )
+        return {r["entity_id"]: r["commission_bps"] for r in rows}
+
+    async def add_all(self, items: Sequence[tuple[JournalEntry, JournalRef]]) -> dict[str, StoredJournal]:
+        unique = list({j.journal_id: (j, ref) for j, ref in items}.values())
+        if not unique:
+            return {}
+        rows = await self._conn.fetch(
+            """INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, payment_order_id,
+                                            seller_id, source_event_id)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                    $7::text[], $8::text[])
+               ON CONFLICT (journal_id) DO NOTHING
+               RETURNING journal_id, seq, created_at""",
+            [j.journal_id for j, _ in unique],
+            [j.type.value for j, _ in unique],
+            [j.name for j, _ in unique],
+            [j.currency.value for j, _ in unique],
+            [ref.payment_id for _, ref in unique],
+            [ref.payment_order_id for _, ref in unique],
+            [ref.seller_id for _, ref in unique],
+            [ref.source_event_id for _, ref in unique],
+        )
+        inserted = {r["journal_id"]: r for r in rows}
+        postings = [(j, p) for j, _ in unique if j.journal_id in inserted for p in j.postings]
+        if postings:
+            await self._conn.execute(
+                """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])""",
+                [j.journal_id for j, _ in postings],
+                [inserted[j.journal_id]["seq"] for j, _ in postings],
+                [p.account.code for _, p in postings],
+                [p.direction.value for _, p in postings],
+                [p.amount_minor for _, p in postings],
+                [p.signed_amount_minor for _, p in postings],
+                [j.currency.value for j, _ in postings],
+            )
+        stored = {
+            j.journal_id: StoredJournal(j, inserted[j.journal_id]["seq"], inserted[j.journal_id]["created_at"])
+            for j, _ in unique
+            if j.journal_id in inserted
+        }
+        earlier = [j.journal_id for j, _ in unique if j.journal_id not in inserted]
+        if earlier:
+            stored.update(await load_journals(self._conn, earlier))
+        return stored
+
+
+async def load_journals(conn: asyncpg.Connection | asyncpg.Pool, journal_ids: Sequence[str]) -> dict[str, StoredJournal]:
+    """Journals as recorded, with their postings in recording order."""
+    rows = await conn.fetch(
+        """SELECT j.journal_id, j.journal_type, j.name, j.currency, j.seq, j.created_at,
+                  p.account_code, p.direction, p.amount_minor
+           FROM journal_entries j JOIN postings p USING (journal_id)
+           WHERE j.journal_id = ANY($1::text[])
+           ORDER BY j.seq, p.posting_id""",
+        list(journal_ids),
+    )
+    grouped: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        grouped.setdefault(r["journal_id"], []).append(r)
+    return {journal_id: _stored(rs) for journal_id, rs in grouped.items()}
+
+
+def _stored(rows: list[asyncpg.Record]) -> StoredJournal:
+    head = rows[0]
+    entry = JournalEntry(
+        head["journal_id"],
+        JournalType(head["journal_type"]),
+        head["name"],
+        Currency(head["currency"]),
+        tuple(Posting(parse_account_code(r["account_code"]), Direction(r["direction"]), r["amount_minor"]) for r in rows),
+    )
+    return StoredJournal(entry, head["seq"], head["created_at"])
+
+
+class PgLedgerUnitOfWork(PgUnitOfWork):
+    journals: PgJournalRepository
+
+    def _bind(self, connection: asyncpg.Connection) -> None:
+        self.journals = PgJournalRepository(connection)
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+class Amount(msgspec.Struct, frozen=True):
+    quantity: int
+    currency: str
+
+
+class PostingLine(msgspec.Struct, frozen=True, rename="camel"):
+    posting_id: str
+    journal_entry_id: str
+    journal_type: str
+    account_code: str
+    direction: str
+    amount: Amount
+    signed_amount: Amount
+    created_at: datetime
+    payment_id: str | None
+    payment_order_id: str | None
+
+
+async def account_exists(pool: asyncpg.Pool, account_code: str) -> bool:
+    return bool(await pool.fetchval("SELECT true FROM accounts WHERE account_code = $1", account_code))
+
+
+async def fetch_postings(
+    pool: asyncpg.Pool, account_code: str, *, limit: int, before_posting_id: int | None
+) -> tuple[list[PostingLine], bool]:
+    """An account's postings, newest first, keyset-paged by posting id. (lines, has_more)."""
+    rows = await pool.fetch(
+        """SELECT p.posting_id, p.journal_id, j.journal_type, p.account_code, p.direction, p.amount_minor,
+                  p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
+           FROM postings p JOIN journal_entries j USING (journal_id)
+           WHERE p.account_code = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)
+           ORDER BY p.posting_id DESC
+           LIMIT $3""",
+        account_code,
+        before_posting_id,
+        limit + 1,
+    )
+    return [_posting_line(r) for r in rows[:limit]], len(rows) > limit
+
+
+def _posting_line(r: asyncpg.Record) -> PostingLine:
+    return PostingLine(
+        posting_id=str(r["posting_id"]),
+        journal_entry_id=r["journal_id"],
+        journal_type=r["journal_type"],
+        account_code=r["account_code"],
+        direction=r["direction"],
+        amount=Amount(r["amount_minor"], r["currency"]),
+        signed_amount=Amount(r["signed_amount_minor"], r["currency"]),
+        created_at=r["created_at"],
+        payment_id=public_payment_id(r["payment_id"]) if r["payment_id"] is not None else None,
+        payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] is not None else None,
+    )
+
+
+class JournalView(msgspec.Struct, frozen=True, rename="camel"):
+    journal_entry_id: str
+    journal_type: str
+    name: str
+    ledger_entry_id: int
+    created_at: datetime
+    payment_order_id: str | None
+    postings: list[PostingLine]
+
+
+async def fetch_payment_journals(pool: asyncpg.Pool, payment_id: int) -> list[JournalView]:
+    rows = await pool.fetch(
+        """SELECT p.posting_id, p.journal_id, j.journal_type, j.name, j.seq, p.account_code, p.direction, p.amount_minor,
+                  p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
+           FROM journal_entries j JOIN postings p USING (journal_id)
+           WHERE j.payment_id = $1
+           ORDER BY j.seq, p.posting_id""",
+        payment_id,
+    )
+    views: dict[str, JournalView] = {}
+    for r in rows:
+        view = views.get(r["journal_id"])
+        if view is None:
+            view = views[r["journal_id"]] = JournalView(
+                journal_entry_id=r["journal_id"],
+                journal_type=r["journal_type"],
+                name=r["name"],
+                ledger_entry_id=r["seq"],
+                created_at=r["created_at"],
+                payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] else None,
+                postings=[],
+            )
+        view.postings.append(_posting_line(r))
+    return list(views.values())

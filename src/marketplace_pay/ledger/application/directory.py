@@ -44,12 +44,15 @@ class SellerStore(Protocol):
     async def list(self) -> list[Seller]: ...
 
 
+RESERVED = frozenset({GLOBAL, "me"})  # GLOBAL: platform accounts; me: /sellers/me/balance
+
+
 def _check(cmd: OnboardSeller) -> None:
     errors = []
     if not cmd.seller_id or len(cmd.seller_id) > 128 or any(c.isspace() for c in cmd.seller_id):
         errors.append(FieldError("sellerId", "must be 1-128 characters without whitespace"))
-    elif cmd.seller_id == GLOBAL:
-        errors.append(FieldError("sellerId", f"{GLOBAL} is reserved for platform accounts"))
+    elif cmd.seller_id in RESERVED:
+        errors.append(FieldError("sellerId", f"{cmd.seller_id} is reserved"))
     if not 0 <= cmd.commission_bps <= 10000:
         errors.append(FieldError("commissionBps", "must be between 0 and 10000 basis points"))
     if errors:

@@ -1,0 +1,151 @@
+"""Postgres side of balances: the fold behind the ledger's commit fence, snapshots, checks."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot
+from marketplace_pay.infra.locks import NS_JOB, NS_LEDGER_FENCE, job_lock_key
+from marketplace_pay.shared.faults import faults
+
+log = logging.getLogger(__name__)
+
+FOLD_JOB = job_lock_key("balance-fold")
+
+
+class PgBalanceStore:
+    def __init__(self, pool: asyncpg.Pool, *, fence_timeout_ms: int = 2000) -> None:
+        self._pool = pool
+        self._fence_timeout_ms = fence_timeout_ms
+
+    async def _fence(self, conn: asyncpg.Connection) -> int | None:
+        """The highest seq every journal at or below which has committed: wait (briefly) for
+        the ledger writers inside the fence, read the sequence, let them go again."""
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {int(self._fence_timeout_ms)}")
+                await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", NS_LEDGER_FENCE)
+                row = await conn.fetchrow("SELECT last_value, is_called FROM journal_seq")
+        except asyncpg.LockNotAvailableError:
+            log.warning("ledger writers did not leave the commit fence in time; fold skipped")
+            return None
+        return int(row["last_value"]) if row["is_called"] else 0
+
+    async def fold(self) -> Folded | None:
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NS_JOB, FOLD_JOB):
+                return None  # another process folds
+            try:
+                horizon = await self._fence(conn)
+                if horizon is None:
+                    return None
+                async with conn.transaction():
+                    previous = await conn.fetchval("SELECT folded_seq FROM balance_horizon FOR UPDATE")
+                    if horizon <= previous:
+                        return Folded(previous, [])
+                    rows = await conn.fetch(
+                        """INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
+                           SELECT account_code, sum(signed_amount_minor), now()
+                           FROM postings WHERE seq > $1 AND seq <= $2
+                           GROUP BY account_code
+                           ON CONFLICT (account_code) DO UPDATE
+                           SET balance_minor = b.balance_minor + EXCLUDED.balance_minor, updated_at = now()
+                           RETURNING account_code""",
+                        previous,
+                        horizon,
+                    )
+                    faults.hit("balances.fold.before_commit")
+                    await conn.execute("UPDATE balance_horizon SET folded_seq = $1, folded_at = now()", horizon)
+                return Folded(horizon, [r["account_code"] for r in rows])
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", NS_JOB, FOLD_JOB)
+
+    async def snapshot(self, account_code: str) -> Snapshot | None:
+        row = await self._pool.fetchrow(
+            """SELECT a.account_code, a.currency, coalesce(b.balance_minor, 0) AS balance, h.folded_seq, b.updated_at
+               FROM accounts a CROSS JOIN balance_horizon h
+               LEFT JOIN account_balances b ON b.account_code = a.account_code
+               WHERE a.account_code = $1""",
+            account_code,
+        )
+        if row is None:
+            return None
+        return Snapshot(row["account_code"], row["currency"], row["balance"], row["folded_seq"], row["updated_at"])
+
+    async def snapshot_drift(self) -> list[Drift]:
+        rows = await self._pool.fetch(
+            """WITH h AS (SELECT folded_seq FROM balance_horizon),
+                    expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
+                                 FROM postings, h WHERE seq <= h.folded_seq GROUP BY account_code)
+               SELECT coalesce(e.account_code, b.account_code) AS account_code,
+                      coalesce(e.total, 0) AS expected, coalesce(b.balance_minor, 0) AS actual
+               FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code
+               WHERE coalesce(e.total, 0) <> coalesce(b.balance_minor, 0)"""
+        )
+        return [Drift("snapshot", r["account_code"], r["expected"], r["actual"]) for r in rows]
+
+    async def posting_sums(self) -> tuple[int, dict[str, int]]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            max_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM postings")
+            rows = await conn.fetch("SELECT account_code, sum(signed_amount_minor)::bigint AS total FROM postings GROUP BY account_code")
+        return int(max_seq), {r["account_code"]: int(r["total"]) for r in rows}
+
+    async def trial_balance_drift(self) -> list[Drift]:
+        rows = await self._pool.fetch(
+            """SELECT currency,
+                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'DEBIT'), 0)::bigint AS debits,
+                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'CREDIT'), 0)::bigint AS credits
+               FROM postings GROUP BY currency"""
+        )
+        return [Drift("trial-balance", r["currency"], r["debits"], r["credits"]) for r in rows if r["debits"] != r["credits"]]
+
+    async def trial_balance(self) -> list[tuple[str, int, int]]:
+        rows = await self._pool.fetch(
+            """SELECT currency,
+                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'DEBIT'), 0)::bigint AS debits,
+                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'CREDIT'), 0)::bigint AS credits
+               FROM postings GROUP BY currency ORDER BY currency"""
+        )
+        return [(r["currency"], r["debits"], r["credits"]) for r in rows]
+
+    async def auth_drift(self) -> list[Drift]:
+        # Finished payments (every order terminal): their authorization hold must be fully
+        # captured or released. Reads the payments context's table: reconciliation is a
+        # cross-context report.
+        rows = await self._pool.fetch(
+            """SELECT j.payment_id, a.account_type, sum(p.signed_amount_minor)::bigint AS net
+               FROM payments pay
+               JOIN journal_entries j ON j.payment_id = pay.payment_id
+               JOIN postings p ON p.journal_id = j.journal_id
+               JOIN accounts a ON a.account_code = p.account_code
+               WHERE pay.status IN ('CAPTURED', 'CAPTURED_PARTIALLY', 'CAPTURE_FAILED')
+                 AND a.account_type IN ('AUTH_RECEIVABLE', 'AUTH_LIABILITY')
+               GROUP BY j.payment_id, a.account_type
+               HAVING sum(p.signed_amount_minor) <> 0"""
+        )
+        return [Drift("auth-open", f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
+
+    async def rebuild_snapshots(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", NS_JOB, FOLD_JOB)  # no fold meanwhile
+            status = await conn.execute(
+                """WITH h AS (SELECT folded_seq FROM balance_horizon),
+                        expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
+                                     FROM postings, h WHERE seq <= h.folded_seq GROUP BY account_code)
+                   INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
+                   SELECT coalesce(e.account_code, x.account_code), coalesce(e.total, 0), now()
+                   FROM expected e FULL JOIN account_balances x ON x.account_code = e.account_code
+                   WHERE coalesce(e.total, 0) <> coalesce(x.balance_minor, 0)
+                   ON CONFLICT (account_code) DO UPDATE SET balance_minor = EXCLUDED.balance_minor, updated_at = now()"""
+            )
+        return int(status.split()[-1])
+
+    async def postings_above_horizon(self) -> tuple[int, list[Entry]]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            horizon = await conn.fetchval("SELECT folded_seq FROM balance_horizon")
+            rows = await conn.fetch(
+                "SELECT account_code, seq, signed_amount_minor FROM postings WHERE seq > $1", horizon
+            )
+        return int(horizon), [(r["account_code"], r["seq"], r["signed_amount_minor"]) for r in rows]

@@ -1,0 +1,82 @@
+"""The real-time overlay in Redis: per account a ZSET of "<seq>:<signed amount>" scored by the
+journal's seq, plus the folded horizon. An entry is a fact, so adding it twice changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from marketplace_pay.balances.application.balances import Entry
+
+# KEYS = [horizon, account key, account key, ...]; ARGV = [seq, member, seq, member, ...]
+_APPLY = """
+local horizon = tonumber(redis.call('GET', KEYS[1]) or '0')
+local added = 0
+for i = 2, #KEYS do
+  local seq = tonumber(ARGV[2 * i - 3])
+  if seq > horizon then
+    added = added + redis.call('ZADD', KEYS[i], seq, ARGV[2 * i - 2])
+  end
+end
+return added
+"""
+
+# KEYS = [horizon, account key, ...]; ARGV = [horizon]
+_PRUNE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local horizon = tonumber(ARGV[1])
+if horizon > current then redis.call('SET', KEYS[1], ARGV[1]) end
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
+end
+return 1
+"""
+
+
+class RedisBalanceOverlay:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, chunk: int = 2000) -> None:
+        self._redis = client
+        self._account_prefix = f"{prefix}bal:o:"
+        self.horizon_key = f"{prefix}bal:horizon"
+        self._apply = client.register_script(_APPLY)
+        self._prune = client.register_script(_PRUNE)
+        self._chunk = chunk
+
+    def _key(self, account_code: str) -> str:
+        return self._account_prefix + account_code
+
+    async def apply(self, entries: Sequence[Entry]) -> int:
+        added = 0
+        for i in range(0, len(entries), self._chunk):  # each chunk is one atomic script
+            part = entries[i : i + self._chunk]
+            args: list[str | int] = []
+            for _, seq, amount in part:
+                args += [seq, f"{seq}:{amount}"]
+            added += int(await self._apply(keys=[self.horizon_key, *(self._key(code) for code, _, _ in part)], args=args))
+        return added
+
+    async def entries(self, account_code: str) -> list[tuple[int, int]]:
+        members = await self._redis.zrange(self._key(account_code), 0, -1)
+        out = []
+        for m in members:
+            seq, _, amount = (m.decode() if isinstance(m, bytes) else m).partition(":")
+            out.append((int(seq), int(amount)))
+        return out
+
+    async def accounts(self) -> list[str]:
+        return [
+            (k.decode() if isinstance(k, bytes) else k)[len(self._account_prefix) :]
+            async for k in self._redis.scan_iter(match=f"{self._account_prefix}*", count=1000)
+        ]
+
+    async def prune(self, horizon: int, account_codes: Sequence[str]) -> None:
+        codes = list(account_codes) or await self.accounts()
+        for i in range(0, max(len(codes), 1), self._chunk):
+            part = codes[i : i + self._chunk]
+            await self._prune(keys=[self.horizon_key, *(self._key(c) for c in part)], args=[horizon])
+
+    async def clear(self) -> None:
+        keys = [self._key(c) for c in await self.accounts()]
+        for i in range(0, len(keys), 1000):
+            await self._redis.delete(*keys[i : i + 1000])

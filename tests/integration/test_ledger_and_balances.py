@@ -1,0 +1,267 @@
+"""Ledger and balances in the running service, against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.harness import Service, payment_body, start_service
+
+SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
+TERMINAL = ("CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED")
+
+
+def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
+    return settings_for(dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20, "balance_fold_ms": 200} | overrides))
+
+
+async def pay_many(svc: Service, count: int, *, seed: int, currency_of: Any = None) -> list[str]:
+    rng = random.Random(seed)
+    semaphore = asyncio.Semaphore(25)
+    ids: list[str] = []
+
+    async def one() -> None:
+        sellers = rng.sample(SELLERS, rng.randint(1, 3))
+        body = payment_body(f"B-{uuid.uuid4().hex[:8]}", "O", [(s, rng.randint(1, 30_000)) for s in sellers])
+        async with semaphore:
+            r = await svc.pay(body)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["paymentId"])
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return ids
+
+
+async def settled(svc: Service, n: int, timeout: float = 120) -> None:
+    async def done() -> bool:
+        finished = await svc.fetchval("SELECT count(*) FROM payments WHERE status = ANY($1::text[])", list(TERMINAL))
+        pending_events = await svc.fetchval("SELECT count(*) FROM outbox WHERE status <> 'SENT'")
+        return finished >= n and pending_events == 0
+
+    await svc.until(done, timeout=timeout, interval=0.2)
+
+
+async def test_500_payments_seller_balances_equal_captures_minus_commission(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="NORMAL")) as svc:
+        await pay_many(svc, 500, seed=11)
+        await settled(svc, 500)
+        orders = await svc.fetch("SELECT seller_id, amount_minor FROM payment_orders WHERE status = 'CAPTURED'")
+        expected: Counter[str] = Counter()
+        for o in orders:  # computed here, independently: captured minus 5 % commission, rounded half up
+            expected[o["seller_id"]] += o["amount_minor"] - (o["amount_minor"] * 500 + 5000) // 10000
+        finance = svc.auth("FINANCE")
+        for seller in SELLERS:
+            r = await svc.client.get(f"/api/v1/sellers/{seller}/balance", headers=finance)
+            assert r.status_code == 200
+            assert r.json()["balance"] == {"quantity": expected[seller], "currency": "EUR"}, seller
+        report = await svc.container.reconcile(settle_s=0.5)
+        assert report.ok, report.drift
+        trial = await svc.container.balance_store.trial_balance()
+        assert trial and all(debits == credits for _, debits, credits in trial)
+        # the AUTH accounts of finished payments net to zero: here, every payment is finished
+        for code in ("AUTH_RECEIVABLE.GLOBAL.EUR", "AUTH_LIABILITY.GLOBAL.EUR"):
+            assert (await svc.container.read_balance(code)).balance_minor == 0
+        # one UPDATE per account per fold: the hot GLOBAL rows were written far fewer times than events
+        folds = await svc.fetchval("SELECT folded_seq FROM balance_horizon")
+        assert folds == await svc.fetchval("SELECT max(seq) FROM journal_entries")
+
+
+async def test_the_database_refuses_to_change_the_ledger(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        await pay_many(svc, 1, seed=3)
+        await settled(svc, 1)
+        conn: asyncpg.Connection
+        async with svc.resources.pool.acquire() as conn:
+            for sql in (
+                "UPDATE postings SET amount_minor = amount_minor + 1",
+                "DELETE FROM postings",
+                "UPDATE journal_entries SET name = 'x'",
+                "DELETE FROM journal_entries",
+                "TRUNCATE postings",
+                "TRUNCATE journal_entries CASCADE",
+            ):
+                with pytest.raises(asyncpg.RestrictViolationError, match="immutable"):
+                    await conn.execute(sql)
+            # an unbalanced journal cannot commit
+            with pytest.raises(asyncpg.CheckViolationError, match="unbalanced"):
+                async with conn.transaction():
+                    seq = await conn.fetchval(
+                        "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+                        "VALUES ('ADJ:1', 'ADJUSTMENT', 'test', 'EUR', 'manual') RETURNING seq"
+                    )
+                    await conn.execute(
+                        """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+                           VALUES ('ADJ:1', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'DEBIT', 100, 100, 'EUR'),
+                                  ('ADJ:1', $1, 'PSP_RECEIVABLES.GLOBAL.EUR', 'CREDIT', 99, -99, 'EUR')""",
+                        seq,
+                    )
+            # nor a journal with a single posting, nor postings added to a committed journal
+            with pytest.raises(asyncpg.CheckViolationError, match="at least 2"):
+                async with conn.transaction():
+                    seq = await conn.fetchval(
+                        "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+                        "VALUES ('ADJ:2', 'ADJUSTMENT', 'test', 'EUR', 'manual') RETURNING seq"
+                    )
+                    await conn.execute(
+                        "INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency) "
+                        "VALUES ('ADJ:2', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'DEBIT', 100, 100, 'EUR')",
+                        seq,
+                    )
+            old = await conn.fetchrow("SELECT journal_id, seq FROM journal_entries LIMIT 1")
+            with pytest.raises(asyncpg.RestrictViolationError, match="same transaction"):
+                await conn.execute(
+                    "INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency) "
+                    "VALUES ($1, $2, 'BANK_FEES.GLOBAL.EUR', 'DEBIT', 1, 1, 'EUR')",
+                    old["journal_id"],
+                    old["seq"],
+                )
+            with pytest.raises(asyncpg.CheckViolationError, match="signed amount"):
+                async with conn.transaction():
+                    seq = await conn.fetchval(
+                        "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+                        "VALUES ('ADJ:3', 'ADJUSTMENT', 'test', 'EUR', 'manual') RETURNING seq"
+                    )
+                    await conn.execute(
+                        """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+                           VALUES ('ADJ:3', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'DEBIT', 100, -100, 'EUR'),
+                                  ('ADJ:3', $1, 'PSP_RECEIVABLES.GLOBAL.EUR', 'CREDIT', 100, -100, 'EUR')""",
+                        seq,
+                    )
+
+
+async def test_a_seller_reads_its_own_balance_and_statement_only(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        await pay_many(svc, 5, seed=5)
+        await settled(svc, 5)
+        me = svc.auth("SELLER", seller="SELLER-111")
+        r = await svc.client.get("/api/v1/sellers/me/balance", headers=me)
+        assert r.status_code == 200 and r.json()["sellerId"] == "SELLER-111"
+        assert r.json()["accountCode"] == "MERCHANT_PAYABLE.SELLER-111.EUR"
+        assert r.json()["asOf"].endswith("Z")
+        r = await svc.client.get("/api/v1/accounts/MERCHANT_PAYABLE.SELLER-111.EUR/postings", headers=me)
+        assert r.status_code == 200
+        assert {p["accountCode"] for p in r.json()["data"]} == {"MERCHANT_PAYABLE.SELLER-111.EUR"}
+        for path in (
+            "/api/v1/sellers/SELLER-222/balance",
+            "/api/v1/accounts/MERCHANT_PAYABLE.SELLER-222.EUR/postings",
+            "/api/v1/accounts/PSP_RECEIVABLES.GLOBAL.EUR/postings",
+            "/api/v1/accounts/MERCHANT_PAYABLE.SELLER-222.EUR/balance",
+            "/api/v1/accounts/garbage/postings",
+        ):
+            assert (await svc.client.get(path, headers=me)).status_code == 403, path
+        no_claim = svc.auth("SELLER")
+        assert (await svc.client.get("/api/v1/sellers/me/balance", headers=no_claim)).status_code == 403
+        finance = svc.auth("FINANCE")
+        assert (await svc.client.get("/api/v1/sellers/SELLER-222/balance", headers=finance)).status_code == 200
+        assert (await svc.client.get("/api/v1/sellers/NOPE/balance", headers=finance)).status_code == 404
+        assert (await svc.client.get("/api/v1/accounts/NOPE.GLOBAL.EUR/balance", headers=finance)).status_code == 404
+        assert (await svc.client.get("/api/v1/sellers/me/balance", headers=finance)).status_code == 403
+
+
+async def test_statement_pages_newest_first_without_gaps_or_repeats(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        await pay_many(svc, 20, seed=9)
+        await settled(svc, 20)
+        finance = svc.auth("FINANCE")
+        code = "PSP_RECEIVABLES.GLOBAL.EUR"
+        seen: list[int] = []
+        after = None
+        while True:
+            url = f"/api/v1/accounts/{code}/postings?limit=7" + (f"&after={after}" if after else "")
+            page = (await svc.client.get(url, headers=finance)).json()
+            seen += [int(p["postingId"]) for p in page["data"]]
+            if not page["hasMore"]:
+                assert page["nextCursor"] is None
+                break
+            after = page["nextCursor"]
+        expected = [r["posting_id"] for r in await svc.fetch(
+            "SELECT posting_id FROM postings WHERE account_code = $1 ORDER BY posting_id DESC", code)]
+        assert seen == expected and len(seen) > 7
+        for bad in ("limit=0", "limit=501", "limit=x", "after=abc", "after=-1"):
+            r = await svc.client.get(f"/api/v1/accounts/{code}/postings?{bad}", headers=finance)
+            assert r.status_code == 400, bad
+
+
+async def test_journal_entries_of_a_payment(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        r = await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-111", 1000), ("SELLER-222", 2066)]))
+        pid = r.json()["paymentId"]
+        await settled(svc, 1)
+        entries = (await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("FINANCE"))).json()["data"]
+        assert [e["journalType"] for e in entries] == ["AUTH_HOLD", "CAPTURE", "COMMISSION_FEE", "AUTH_RELEASE"] or sorted(
+            e["journalType"] for e in entries
+        ) == sorted(["AUTH_HOLD", "CAPTURE", "COMMISSION_FEE", "AUTH_RELEASE"])
+        for e in entries:
+            debits = sum(p["amount"]["quantity"] for p in e["postings"] if p["direction"] == "DEBIT")
+            credits = sum(p["amount"]["quantity"] for p in e["postings"] if p["direction"] == "CREDIT")
+            assert debits == credits
+        assert (await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("payment:read"))).status_code == 403
+        assert (await svc.client.get("/api/v1/payments/pay_AAAAAAAAAAE/journal-entries", headers=svc.auth("FINANCE"))).status_code == 404
+
+
+async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_database: str, settings_for: Any) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)) as svc:
+        await pay_many(svc, 10, seed=4)
+        await settled(svc, 10)
+        from marketplace_pay.infra.codec import decode_envelope
+        from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
+
+        rows = await svc.fetch("SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY id")
+        events = [decode_envelope(r["payload"], LedgerEntriesRecorded) for r in rows]
+        [apply] = [s.handler for s in svc.container.subscriptions if s.event is LedgerEntriesRecorded]
+        before = {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        await apply(list(reversed(events)) + events)
+        await asyncio.gather(*(apply([e]) for e in events))
+        after = {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        assert after == before
+        await svc.container.fold_balances()
+        await apply(events)  # after the fold: below the horizon, ignored
+        assert {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS} == before
+        assert (await svc.container.reconcile(settle_s=0.2)).ok
+
+
+async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_folded(
+    fresh_database: str, settings_for: Any
+) -> None:
+    """The seed's watermark dropped entries whose ledger id was below an already-merged one
+    (concurrent writers on GLOBAL accounts). Here a journal that holds its seq open while a later
+    one commits and is folded is still folded afterwards."""
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)) as svc:
+        pool = svc.resources.pool
+        slow = await pool.acquire()
+        try:
+            tx = slow.transaction()
+            await tx.start()
+            await slow.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", 0x4D500004)
+            early_seq = await slow.fetchval(
+                "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+                "VALUES ('ADJ:slow', 'ADJUSTMENT', 'slow writer', 'EUR', 'test') RETURNING seq"
+            )
+            await slow.execute(
+                """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+                   VALUES ('ADJ:slow', $1, 'PSP_RECEIVABLES.GLOBAL.EUR', 'DEBIT', 777, 777, 'EUR'),
+                          ('ADJ:slow', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 777, -777, 'EUR')""",
+                early_seq,
+            )
+            await pay_many(svc, 3, seed=2)  # later journals, committed while ADJ:slow is still open
+            await svc.until(lambda: svc.fetchval("SELECT count(*) > 3 FROM journal_entries"), timeout=20)
+            fold = asyncio.create_task(svc.container.fold_balances())
+            await asyncio.sleep(0.3)
+            assert not fold.done()  # the fence waits for the open writer...
+            await tx.commit()
+        finally:
+            await pool.release(slow)
+        folded = await fold
+        assert folded is not None and folded.horizon > early_seq  # ...and then folds it too
+        await settled(svc, 3)
+        await svc.container.fold_balances()
+        report = await svc.container.reconcile(settle_s=0.2)
+        assert report.ok, report.drift
+        total = await svc.fetchval("SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'")
+        assert (await svc.container.read_balance("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total
