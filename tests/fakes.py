@@ -489,15 +489,21 @@ class FakeBalanceStore:
 
     def __init__(self, ledger: FakeLedgerState) -> None:
         self._ledger = ledger
-        self.horizon = 0
+        self.horizon_seq = 0
         self.balances: dict[str, int] = {}
 
     def _postings(self) -> list[tuple[str, int, int]]:
+        return [(code, seq, amount) for code, seq, amount, _ in self._timed_postings()]
+
+    def _timed_postings(self) -> list[tuple[str, int, int, datetime]]:
         return [
-            (p.account.code, stored.seq, p.signed_amount_minor)
+            (p.account.code, stored.seq, p.signed_amount_minor, stored.created_at)
             for stored, _ in self._ledger.journals.values()
             for p in stored.journal.postings
         ]
+
+    async def horizon(self) -> int:
+        return self.horizon_seq
 
     async def fold(self) -> Any:
         from marketplace_pay.balances.application.balances import Folded
@@ -505,33 +511,31 @@ class FakeBalanceStore:
         top = self._ledger.seq
         touched = set()
         for code, seq, amount in self._postings():
-            if self.horizon < seq <= top:
+            if self.horizon_seq < seq <= top:
                 self.balances[code] = self.balances.get(code, 0) + amount
                 touched.add(code)
-        self.horizon = max(self.horizon, top)
-        return Folded(self.horizon, sorted(touched))
+        self.horizon_seq = max(self.horizon_seq, top)
+        return Folded(self.horizon_seq, sorted(touched))
 
     async def snapshot(self, account_code: str) -> Any:
         from marketplace_pay.balances.application.balances import Snapshot
 
         currency = account_code.rsplit(".", 1)[-1]
-        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.horizon, None)
+        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.horizon_seq, None)
 
-    async def snapshot_drift(self) -> list[Any]:
+    async def snapshot_drift(self) -> tuple[int, list[Any]]:
         from marketplace_pay.balances.application.balances import Drift
 
         expected: dict[str, int] = {}
         for code, seq, amount in self._postings():
-            if seq <= self.horizon:
+            if seq <= self.horizon_seq:
                 expected[code] = expected.get(code, 0) + amount
-        return [Drift("snapshot", c, expected.get(c, 0), self.balances.get(c, 0))
-                for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0)]
-
-    async def posting_sums(self) -> tuple[int, dict[str, int]]:
-        sums: dict[str, int] = {}
-        for code, _, amount in self._postings():
-            sums[code] = sums.get(code, 0) + amount
-        return self._ledger.seq, sums
+        accounts = set(expected) | set(self.balances)
+        return len(accounts), [
+            Drift("snapshot", c, expected.get(c, 0), self.balances.get(c, 0))
+            for c in accounts
+            if expected.get(c, 0) != self.balances.get(c, 0)
+        ]
 
     async def trial_balance_drift(self) -> list[Any]:
         return []
@@ -542,11 +546,11 @@ class FakeBalanceStore:
     async def rebuild_snapshots(self) -> int:
         expected: dict[str, int] = {}
         for code, seq, amount in self._postings():
-            if seq <= self.horizon:
+            if seq <= self.horizon_seq:
                 expected[code] = expected.get(code, 0) + amount
         changed = sum(1 for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0))
         self.balances = expected
         return changed
 
-    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int]]]:
-        return self.horizon, [p for p in self._postings() if p[1] > self.horizon]
+    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int, datetime]]]:
+        return self.horizon_seq, [p for p in self._timed_postings() if p[1] > self.horizon_seq]

@@ -60,7 +60,7 @@ async def test_500_payments_seller_balances_equal_captures_minus_commission(fres
             r = await svc.client.get(f"/api/v1/sellers/{seller}/balance", headers=finance)
             assert r.status_code == 200
             assert r.json()["balance"] == {"quantity": expected[seller], "currency": "EUR"}, seller
-        report = await svc.container.reconcile(settle_s=0.5)
+        report = await svc.container.reconcile()
         assert report.ok, report.drift
         trial = await svc.container.balance_store.trial_balance()
         assert trial and all(debits == credits for _, debits, credits in trial)
@@ -223,7 +223,7 @@ async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_databas
         await svc.container.fold_balances()
         await apply(events)  # after the fold: below the horizon, ignored
         assert {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS} == before
-        assert (await svc.container.reconcile(settle_s=0.2)).ok
+        assert (await svc.container.reconcile()).ok
 
 
 async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_folded(
@@ -261,7 +261,7 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
         assert folded is not None and folded.horizon > early_seq  # ...and then folds it too
         await settled(svc, 3)
         await svc.container.fold_balances()
-        report = await svc.container.reconcile(settle_s=0.2)
+        report = await svc.container.reconcile()
         assert report.ok, report.drift
         total = await svc.fetchval("SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'")
         assert (await svc.container.read_balance("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total

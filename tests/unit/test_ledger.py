@@ -7,6 +7,7 @@ import pytest
 
 from marketplace_pay.ledger.application.directory import OnboardSeller
 from marketplace_pay.ledger.domain.accounts import Account, AccountType
+from marketplace_pay.balances.application.balances import _real_time_drift
 from marketplace_pay.ledger.domain.journal import (
     Direction,
     JournalEntry,
@@ -208,21 +209,33 @@ async def test_ledger_entries_delivered_twice_and_out_of_order_count_once() -> N
     for env in recorded:  # and once more after they were folded
         await apply([env])
     assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000
-    report = await w.container.reconcile(settle_s=0)
+    report = await w.container.reconcile()
     assert report.ok, report.drift
 
 
-async def test_reconcile_finds_a_lost_overlay_and_repair_restores_it() -> None:
+async def test_reconcile_finds_broken_balances_and_repair_rebuilds_them() -> None:
     w = World({})
     await w.pay(1000)
     await w.settle()
     await w.overlay.clear()  # Redis lost its data before a fold
     assert await w.balance(M1) == 0
-    report = await w.container.reconcile(settle_s=0, attempts=1)
+    report = await w.container.reconcile()
     # reconcile folds first: the snapshot now holds everything, so real time is right again
     assert report.ok and await w.balance(M1) == 950
     w.balance_store.balances[M1] += 7  # a snapshot someone broke
-    broken = await w.container.reconcile(settle_s=0, attempts=1)
-    assert [(d.check, d.subject, d.difference_minor) for d in broken.drift] == [("snapshot", M1, 7), ("real-time", M1, 7)]
-    repaired = await w.container.reconcile(repair=True, settle_s=0, attempts=1)
-    assert repaired.ok and await w.balance(M1) == 950
+    await w.overlay.apply([(PSP, 10_000, 5)])  # and an overlay entry matching no posting
+    broken = await w.container.reconcile()
+    assert sorted((d.check, d.subject, d.difference_minor) for d in broken.drift) == [("real-time", PSP, 5), ("snapshot", M1, 7)]
+    repaired = await w.container.reconcile(repair=True)
+    assert repaired.ok and await w.balance(M1) == 950 and await w.balance(PSP) == 1000
+
+
+async def test_the_overlay_check_waits_for_young_postings_but_not_for_old_ones() -> None:
+    w = World({})
+    await w.pay(1000)
+    await w.drain()  # recorded and applied, not folded yet
+    await w.overlay.clear()  # as if their events had not reached Redis yet
+    assert await _real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30) == []
+    w.clock.advance(ms=60_000)  # a minute later they should long have arrived: lost
+    missing = await _real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30)
+    assert {(d.subject, d.expected_minor, d.actual_minor) for d in missing} >= {(M1, 950, 0), (PSP, 1000, 0)}

@@ -243,6 +243,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # pgserver (embedded PostgreSQL) warns about a missing XDG_RUNTIME_DIR and falls back to /tmp
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

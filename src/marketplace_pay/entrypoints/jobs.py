@@ -14,6 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from marketplace_pay.balances.application import balances
 from marketplace_pay.balances.application.balances import drift_report
 from marketplace_pay.bootstrap import Container
 from marketplace_pay.infra.dispatch import is_transient
@@ -75,9 +76,8 @@ def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
         every("payments-retry-gauge", container.retries.sizes, ms=5000)
         every("balances-fold", container.fold_balances, ms=s.balance_fold_ms)
 
-        async def sweep_overlay() -> None:  # late entries of accounts no fold touched since
-            snapshot_horizon = await pool.fetchval("SELECT folded_seq FROM balance_horizon")
-            await container.overlay.prune(int(snapshot_horizon), [])
+        async def sweep_overlay() -> None:
+            await balances.sweep_overlay(store=container.balance_store, overlay=container.overlay)
 
         async def reconcile() -> None:
             async def run(_: object) -> None:

@@ -6,7 +6,9 @@ import logging
 
 import asyncpg
 
-from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot
+from datetime import datetime
+
+from marketplace_pay.balances.application.balances import Drift, Folded, Snapshot
 from marketplace_pay.infra.locks import NS_JOB, NS_LEDGER_FENCE, job_lock_key
 from marketplace_pay.shared.faults import faults
 
@@ -62,6 +64,9 @@ class PgBalanceStore:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", NS_JOB, FOLD_JOB)
 
+    async def horizon(self) -> int:
+        return int(await self._pool.fetchval("SELECT folded_seq FROM balance_horizon"))
+
     async def snapshot(self, account_code: str) -> Snapshot | None:
         row = await self._pool.fetchrow(
             """SELECT a.account_code, a.currency, coalesce(b.balance_minor, 0) AS balance, h.folded_seq, b.updated_at
@@ -74,23 +79,17 @@ class PgBalanceStore:
             return None
         return Snapshot(row["account_code"], row["currency"], row["balance"], row["folded_seq"], row["updated_at"])
 
-    async def snapshot_drift(self) -> list[Drift]:
+    async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         rows = await self._pool.fetch(
             """WITH h AS (SELECT folded_seq FROM balance_horizon),
                     expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
                                  FROM postings, h WHERE seq <= h.folded_seq GROUP BY account_code)
                SELECT coalesce(e.account_code, b.account_code) AS account_code,
                       coalesce(e.total, 0) AS expected, coalesce(b.balance_minor, 0) AS actual
-               FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code
-               WHERE coalesce(e.total, 0) <> coalesce(b.balance_minor, 0)"""
+               FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code"""
         )
-        return [Drift("snapshot", r["account_code"], r["expected"], r["actual"]) for r in rows]
-
-    async def posting_sums(self) -> tuple[int, dict[str, int]]:
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            max_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM postings")
-            rows = await conn.fetch("SELECT account_code, sum(signed_amount_minor)::bigint AS total FROM postings GROUP BY account_code")
-        return int(max_seq), {r["account_code"]: int(r["total"]) for r in rows}
+        drift = [Drift("snapshot", r["account_code"], r["expected"], r["actual"]) for r in rows if r["expected"] != r["actual"]]
+        return len(rows), drift
 
     async def trial_balance_drift(self) -> list[Drift]:
         rows = await self._pool.fetch(
@@ -142,10 +141,10 @@ class PgBalanceStore:
             )
         return int(status.split()[-1])
 
-    async def postings_above_horizon(self) -> tuple[int, list[Entry]]:
+    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int, datetime]]]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             horizon = await conn.fetchval("SELECT folded_seq FROM balance_horizon")
             rows = await conn.fetch(
-                "SELECT account_code, seq, signed_amount_minor FROM postings WHERE seq > $1", horizon
+                "SELECT account_code, seq, signed_amount_minor, created_at FROM postings WHERE seq > $1", horizon
             )
-        return int(horizon), [(r["account_code"], r["seq"], r["signed_amount_minor"]) for r in rows]
+        return int(horizon), [(r["account_code"], r["seq"], r["signed_amount_minor"], r["created_at"]) for r in rows]

@@ -10,18 +10,16 @@
   TTL or a crash between Redis and Postgres cannot lose a delta, and a posting whose seq is
   below one already folded (hot GLOBAL accounts, concurrent writers) is never skipped.
 - A real-time balance = snapshot (as of H) + overlay entries above H.
-- Reconciliation compares every snapshot with Σ of its postings ≤ H (exact, even under load),
-  the real-time balance with Σ of all postings (once the pipeline is idle), the trial balance
-  per currency and the AUTH_* accounts of finished payments; `repair` rebuilds both sides
-  from the postings.
+- Reconciliation compares every snapshot with Σ of its postings ≤ H and the overlay with the
+  postings above H (both exact, even under load), the trial balance per currency and the AUTH_*
+  accounts of finished payments; `repair` rebuilds both from the postings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
@@ -87,6 +85,10 @@ class Drift(msgspec.Struct, frozen=True):
 
 
 class BalanceStore(Protocol):
+    async def horizon(self) -> int:
+        """The folded horizon: every posting with seq ≤ it is in the snapshots."""
+        ...
+
     async def fold(self) -> Folded | None:
         """Fold postings up to a new commit horizon into the snapshots. None when another
         process is folding, or writers could not be fenced in time (the next run retries)."""
@@ -97,12 +99,8 @@ class BalanceStore(Protocol):
         an unknown account."""
         ...
 
-    async def snapshot_drift(self) -> list[Drift]:
-        """Accounts whose snapshot differs from Σ of their postings ≤ the horizon."""
-        ...
-
-    async def posting_sums(self) -> tuple[int, dict[str, int]]:
-        """(max seq, Σ signed amount of all postings per account) in one consistent read."""
+    async def snapshot_drift(self) -> tuple[int, list[Drift]]:
+        """(accounts checked, accounts whose snapshot differs from Σ of their postings ≤ the horizon)."""
         ...
 
     async def trial_balance_drift(self) -> list[Drift]:
@@ -117,7 +115,9 @@ class BalanceStore(Protocol):
         """Recompute every snapshot from its postings ≤ the horizon. Returns accounts changed."""
         ...
 
-    async def postings_above_horizon(self) -> tuple[int, list[Entry]]: ...
+    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int, datetime]]]:
+        """(horizon, (account, seq, signed amount, created at) of every posting above it), one read."""
+        ...
 
 
 # -- the consumer ---------------------------------------------------------------------------
@@ -146,6 +146,12 @@ async def fold_balances(*, store: BalanceStore, overlay: Overlay) -> Folded | No
         except Exception as exc:  # noqa: BLE001 - reads filter by the horizon; the next fold prunes
             log.warning("overlay prune failed", extra={"error": repr(exc)})
     return folded
+
+
+async def sweep_overlay(*, store: BalanceStore, overlay: Overlay) -> None:
+    """Drop overlay entries at or below the horizon in every account (late ones that arrived
+    after their account was last folded)."""
+    await overlay.prune(await store.horizon(), [])
 
 
 # -- reads ----------------------------------------------------------------------------------
@@ -182,48 +188,44 @@ class ReconcileReport(msgspec.Struct):
         return not self.drift
 
 
-async def _real_time_drift(store: BalanceStore, overlay: Overlay, clock: Clock) -> tuple[int, list[Drift]]:
-    """(accounts checked, drift)."""
-    _, sums = await store.posting_sums()
-    for code in await overlay.accounts():  # entries for accounts without postings are drift too
-        sums.setdefault(code, 0)
+async def _real_time_drift(store: BalanceStore, overlay: Overlay, clock: Clock, grace_s: float) -> list[Drift]:
+    """What the API would show (snapshot + overlay) against the postings. Above the horizon, an
+    overlay entry must match a posting exactly; a posting missing from the overlay counts only
+    once it is older than `grace_s` (until then its event may still be on its way), so this is
+    exact under load too."""
+    horizon, above = await store.postings_above_horizon()
+    cutoff = clock.now() - timedelta(seconds=grace_s)
+    postings: dict[str, dict[int, tuple[int, datetime]]] = {}
+    for code, seq, amount, created_at in above:
+        postings.setdefault(code, {})[seq] = (amount, created_at)
     drift = []
-    for code, expected in sums.items():
-        balance = await read_balance(code, store=store, overlay=overlay, clock=clock)
-        actual = balance.balance_minor if balance else 0
-        if actual != expected:
-            drift.append(Drift("real-time", code, expected, actual))
-    return len(sums), drift
+    for code in set(postings) | set(await overlay.accounts()):
+        entries = {seq: amount for seq, amount in await overlay.entries(code) if seq > horizon}
+        expected_here = postings.get(code, {})
+        expected = sum(a for seq, (a, at) in expected_here.items() if seq in entries or at < cutoff)
+        actual = sum(entries.values())
+        phantom = any(seq not in expected_here or expected_here[seq][0] != a for seq, a in entries.items())
+        if actual != expected or phantom:
+            snap = await store.snapshot(code)
+            base = snap.balance_minor if snap else 0
+            drift.append(Drift("real-time", code, base + expected, base + actual))
+    return drift
 
 
 async def reconcile(
-    *,
-    store: BalanceStore,
-    overlay: Overlay,
-    clock: Clock,
-    repair: bool = False,
-    settle_s: float = 1.0,
-    attempts: int = 3,
+    *, store: BalanceStore, overlay: Overlay, clock: Clock, repair: bool = False, grace_s: float = 30.0
 ) -> ReconcileReport:
-    """Check (and with `repair`, rebuild) every balance against the postings.
-
-    Snapshot, trial-balance and AUTH checks are exact at any time. The real-time check compares
-    snapshot + overlay with Σ of all postings, which events still in flight can make differ for a
-    moment: it folds, waits `settle_s` and looks again, and reports what persists."""
+    """Check (and with `repair`, rebuild first) every balance against the postings: snapshots
+    against Σ postings ≤ the horizon, the Redis overlay against the postings above it, debits
+    against credits per currency, and the AUTH_* accounts of finished payments. Exact at any
+    time, also while payments flow."""
     if repair:
         await _repair(store=store, overlay=overlay)
-    real_time: list[Drift] = []
-    checked = 0
-    for attempt in range(attempts):
-        await fold_balances(store=store, overlay=overlay)
-        checked, real_time = await _real_time_drift(store, overlay, clock)
-        if not real_time:
-            break
-        if attempt + 1 < attempts:
-            await asyncio.sleep(settle_s)
+    await fold_balances(store=store, overlay=overlay)
+    checked, snapshot = await store.snapshot_drift()
     drift = [
-        *await store.snapshot_drift(),
-        *real_time,
+        *snapshot,
+        *await _real_time_drift(store, overlay, clock, grace_s),
         *await store.trial_balance_drift(),
         *await store.auth_drift(),
     ]
@@ -245,7 +247,7 @@ async def _repair(*, store: BalanceStore, overlay: Overlay) -> None:
     horizon, above = await store.postings_above_horizon()
     await overlay.clear()
     await overlay.prune(horizon, [])
-    await overlay.apply(above)
+    await overlay.apply([(code, seq, amount) for code, seq, amount, _ in above])
     log.warning("balances repaired", extra={"snapshotsChanged": changed, "overlayEntries": len(above), "horizon": horizon})
 
 
