@@ -540,7 +540,7 @@ class FakeBalanceStore:
     async def trial_balance_drift(self) -> list[Any]:
         return []
 
-    async def auth_drift(self) -> list[Any]:
+    async def auth_drift(self, *, finished_before_s: float) -> list[Any]:
         return []
 
     async def rebuild_snapshots(self) -> int:

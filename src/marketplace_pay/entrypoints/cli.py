@@ -181,7 +181,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             say("reconcile: folding, then checking every account against its postings ...")
             if args.repair:
                 say("reconcile: --repair: rebuilding snapshots and the Redis overlay from the postings ...")
-            report = await reconcile(store=store, overlay=overlay, clock=SystemClock(), repair=args.repair)
+            report = await reconcile(
+                store=store, overlay=overlay, clock=SystemClock(), repair=args.repair, grace_s=args.grace_s
+            )
             trial = await store.trial_balance()
         finally:
             await stores.close()
@@ -238,6 +240,12 @@ def parser() -> argparse.ArgumentParser:
     reconcile = sub.add_parser("reconcile", help="check every balance against its postings (exit 1 on a difference)")
     reconcile.add_argument("--repair", action="store_true", help="rebuild snapshots and the Redis overlay from the postings")
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.add_argument(
+        "--grace-s",
+        type=float,
+        default=30.0,
+        help="postings and finished payments younger than this may still be in flight (default 30)",
+    )
     reconcile.set_defaults(fn=cmd_reconcile)
     return p
 

@@ -109,10 +109,11 @@ class PgBalanceStore:
         )
         return [(r["currency"], r["debits"], r["credits"]) for r in rows]
 
-    async def auth_drift(self) -> list[Drift]:
-        # Finished payments (every order terminal): their authorization hold must be fully
-        # captured or released. Reads the payments context's table: reconciliation is a
-        # cross-context report.
+    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
+        # Payments finished (every order terminal) more than `finished_before_s` ago — the last
+        # journals are recorded a moment after the payment finishes: their authorization hold
+        # must be fully captured or released. Reads the payments context's table:
+        # reconciliation is a cross-context report.
         rows = await self._pool.fetch(
             """SELECT j.payment_id, a.account_type, sum(p.signed_amount_minor)::bigint AS net
                FROM payments pay
@@ -120,9 +121,11 @@ class PgBalanceStore:
                JOIN postings p ON p.journal_id = j.journal_id
                JOIN accounts a ON a.account_code = p.account_code
                WHERE pay.status IN ('CAPTURED', 'CAPTURED_PARTIALLY', 'CAPTURE_FAILED')
+                 AND pay.updated_at < now() - make_interval(secs => $1)
                  AND a.account_type IN ('AUTH_RECEIVABLE', 'AUTH_LIABILITY')
                GROUP BY j.payment_id, a.account_type
-               HAVING sum(p.signed_amount_minor) <> 0"""
+               HAVING sum(p.signed_amount_minor) <> 0""",
+            finished_before_s,
         )
         return [Drift("auth-open", f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
 

@@ -107,8 +107,9 @@ class BalanceStore(Protocol):
         """Currencies whose debits differ from their credits."""
         ...
 
-    async def auth_drift(self) -> list[Drift]:
-        """Finished payments whose AUTH_RECEIVABLE / AUTH_LIABILITY effects do not net to zero."""
+    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
+        """Payments finished more than `finished_before_s` ago whose AUTH_RECEIVABLE /
+        AUTH_LIABILITY effects do not net to zero."""
         ...
 
     async def rebuild_snapshots(self) -> int:
@@ -227,7 +228,7 @@ async def reconcile(
         *snapshot,
         *await _real_time_drift(store, overlay, clock, grace_s),
         *await store.trial_balance_drift(),
-        *await store.auth_drift(),
+        *await store.auth_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)
     return ReconcileReport(drift=drift, accounts_checked=checked, repaired=repair)
