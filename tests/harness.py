@@ -174,6 +174,13 @@ class ServiceProcess:
             time.sleep(0.1)
         raise RuntimeError(f"service not ready in {timeout}s; see {self.log_path}")
 
+    def crash(self, faults: str, work: Any) -> None:
+        """Start with the crash point `faults` armed, run `work(self)`, and expect the process
+        to have killed itself there."""
+        self.start(faults=faults)
+        work(self)
+        assert self.wait_exit(30) == -signal.SIGKILL, f"did not die at {faults}; see {self.log_path}"
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -22,14 +20,6 @@ import redis.asyncio as aioredis
 from tests.harness import ServiceProcess, auth, payment_body
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
@@ -110,9 +100,7 @@ async def test_killed_in_the_middle_of_the_snapshot_merge(
 ) -> None:
     service = ServiceProcess(fast(settings_for, fresh_database))
     processes.append(service)
-    service.start(faults=f"{point}=kill@4")
-    traffic(service, 60, seed=1)
-    assert service.wait_exit(30) == -signal.SIGKILL
+    service.crash(f"{point}=kill@4", lambda s: traffic(s, 60, seed=1))
     service.start()
     traffic(service, 20, seed=2)
     await settle(fresh_database)

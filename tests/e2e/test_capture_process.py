@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,6 @@ import pytest
 from tests.harness import ServiceProcess, auth, payment_body
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def create(service: ServiceProcess, count: int, *, amount: Any, seed: int = 7) -> int:
@@ -114,9 +104,7 @@ async def test_killed_between_the_psp_call_and_the_result(
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
     service = ServiceProcess(settings)
     processes.append(service)
-    service.start(faults="capture.after_psp=kill@3")
-    create(service, 20, amount=lambda rng: rng.randint(100, 9000))
-    assert service.wait_exit(30) == -signal.SIGKILL
+    service.crash("capture.after_psp=kill@3", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
     service.start()
     await wait_settled(fresh_database)
     outcome = await assert_consistent(fresh_database, log)
@@ -138,9 +126,8 @@ async def test_killed_between_the_commit_and_the_retry_being_scheduled(
     )
     service = ServiceProcess(settings)
     processes.append(service)
-    service.start(faults="apply.after_commit=kill@2")
-    create(service, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13)  # retry on every attempt
-    assert service.wait_exit(30) == -signal.SIGKILL
+    # amounts ending in 13 retry on every attempt
+    service.crash("apply.after_commit=kill@2", lambda s: create(s, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13))
     service.start()
     await wait_settled(fresh_database)
     outcome = await assert_consistent(fresh_database, log)
@@ -157,9 +144,7 @@ async def test_killed_after_handling_before_the_relay_marked_rows_sent_then_ever
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
     service = ServiceProcess(settings)
     processes.append(service)
-    service.start(faults="relay.after_publish=kill@6")
-    create(service, 20, amount=lambda rng: rng.randint(100, 9000))
-    assert service.wait_exit(30) == -signal.SIGKILL
+    service.crash("relay.after_publish=kill@6", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
     conn = await asyncpg.connect(fresh_database)
     try:
         assert await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'CLAIMED'") > 0  # handled, unmarked

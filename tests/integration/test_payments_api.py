@@ -186,7 +186,7 @@ async def test_expired_and_foreign_tokens_are_401_and_wrong_role_403(svc: Servic
 
     secret = svc.settings.jwt_secret or ""
     expired = issue_token(secret, roles=["payment:write"], ttl_s=-120)
-    foreign = issue_token("some-other-secret", roles=["payment:write"])
+    foreign = issue_token("another-service-secret-0123456789-abcdef", roles=["payment:write"])
     for token in (expired, foreign):
         r = await svc.client.post("/api/v1/payments", json=payment_body(), headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401

@@ -8,6 +8,7 @@ payment's spans, from the HTTP request through every handler, form one trace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -90,3 +91,14 @@ def envelope(
         parent_event_id=parent,
         traceparent=traceparent,
     )
+
+
+def first_seen(batch: Sequence[Envelope[Any]], fresh: set[str]) -> list[Envelope[Any]]:
+    """The envelopes of `batch` whose ids are in `fresh` (new to a consumer), once each, in order."""
+    seen: set[str] = set()
+    out = []
+    for e in batch:
+        if e.event_id in fresh and e.event_id not in seen:
+            seen.add(e.event_id)
+            out.append(e)
+    return out

@@ -48,3 +48,14 @@ class Money(msgspec.Struct, frozen=True):
 
     def __str__(self) -> str:
         return f"{self.amount_minor} {self.currency} (minor units)"
+
+
+class AmountView(msgspec.Struct, frozen=True):
+    """Money as the API shows it: {"quantity": <minor units>, "currency": "EUR"}."""
+
+    quantity: int
+    currency: str
+
+    @classmethod
+    def of(cls, money: Money) -> AmountView:
+        return cls(quantity=money.amount_minor, currency=money.currency.value)

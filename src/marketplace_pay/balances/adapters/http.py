@@ -13,11 +13,7 @@ from litestar.params import PathParameter
 from marketplace_pay.balances.application.balances import Balance
 from marketplace_pay.infra.auth import FINANCE, SELLER, principal, requires
 from marketplace_pay.shared.errors import NotFoundError
-
-
-class AmountView(msgspec.Struct, frozen=True):
-    quantity: int
-    currency: str
+from marketplace_pay.shared.money import AmountView
 
 
 class SellerBalanceView(msgspec.Struct, frozen=True, rename="camel"):

@@ -15,7 +15,7 @@ from marketplace_pay.ledger.application.recording import JournalRef, StoredJourn
 from marketplace_pay.ledger.domain.accounts import AccountStatus, parse_account_code
 from marketplace_pay.ledger.domain.journal import Direction, JournalEntry, JournalType, Posting
 from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
-from marketplace_pay.shared.money import Currency
+from marketplace_pay.shared.money import AmountView, Currency
 
 _SELLER_COLUMNS = "entity_id, account_code, currency, status, commission_bps, created_at, updated_at"
 
@@ -182,19 +182,14 @@ class PgLedgerUnitOfWork(PgUnitOfWork):
 # -- reads ----------------------------------------------------------------------------------
 
 
-class Amount(msgspec.Struct, frozen=True):
-    quantity: int
-    currency: str
-
-
 class PostingLine(msgspec.Struct, frozen=True, rename="camel"):
     posting_id: str
     journal_entry_id: str
     journal_type: str
     account_code: str
     direction: str
-    amount: Amount
-    signed_amount: Amount
+    amount: AmountView
+    signed_amount: AmountView
     created_at: datetime
     payment_id: str | None
     payment_order_id: str | None
@@ -229,8 +224,8 @@ def _posting_line(r: asyncpg.Record) -> PostingLine:
         journal_type=r["journal_type"],
         account_code=r["account_code"],
         direction=r["direction"],
-        amount=Amount(r["amount_minor"], r["currency"]),
-        signed_amount=Amount(r["signed_amount_minor"], r["currency"]),
+        amount=AmountView(r["amount_minor"], r["currency"]),
+        signed_amount=AmountView(r["signed_amount_minor"], r["currency"]),
         created_at=r["created_at"],
         payment_id=public_payment_id(r["payment_id"]) if r["payment_id"] is not None else None,
         payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] is not None else None,

@@ -25,7 +25,7 @@ from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEn
 from marketplace_pay.ledger.domain.journal import JournalEntry
 from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized
 from marketplace_pay.shared.clock import Clock
-from marketplace_pay.shared.envelope import Envelope, envelope
+from marketplace_pay.shared.envelope import Envelope, envelope, first_seen
 from marketplace_pay.shared.money import Currency, Money
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,6 @@ class LedgerUnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-def _fresh(batch: Sequence[Envelope[Any]], fresh: set[str]) -> list[Envelope[Any]]:
-    seen: set[str] = set()
-    out = []
-    for e in batch:
-        if e.event_id in fresh and e.event_id not in seen:
-            seen.add(e.event_id)
-            out.append(e)
-    return out
-
-
 async def _dispatch(
     consumer: str,
     batch: Sequence[Envelope[Any]],
@@ -101,7 +91,7 @@ async def _dispatch(
 ) -> None:
     now = clock.now()
     async with uow() as tx:
-        for e in _fresh(batch, await tx.claim_inbox(consumer, [e.event_id for e in batch])):
+        for e in first_seen(batch, await tx.claim_inbox(consumer, [e.event_id for e in batch])):
             cmd = command(e.data, now)
             tx.publish(envelope(cmd, aggregate_id=cmd.partition_key(), timestamp=now, trace_id=e.trace_id, caused_by=e))
         await tx.commit()
@@ -190,7 +180,7 @@ async def record_ledger_entries(
 ) -> None:
     now = clock.now()
     async with uow() as tx:
-        fresh = _fresh(batch, await tx.claim_inbox(RECORD, [e.event_id for e in batch]))
+        fresh = first_seen(batch, await tx.claim_inbox(RECORD, [e.event_id for e in batch]))
         if not fresh:
             return
         await tx.journals.enter_commit_fence()

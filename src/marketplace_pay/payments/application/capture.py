@@ -47,7 +47,7 @@ from marketplace_pay.payments.domain.payment_order import (
     equal_jitter_backoff_ms,
 )
 from marketplace_pay.shared.clock import Clock
-from marketplace_pay.shared.envelope import Envelope, envelope
+from marketplace_pay.shared.envelope import Envelope, envelope, first_seen
 from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.money import Currency, Money
 
@@ -96,17 +96,6 @@ def _order_fields(order: PaymentOrder, now: datetime) -> dict[str, Any]:
     }
 
 
-def _unique(batch: Sequence[Envelope[Any]], fresh: set[str]) -> list[Envelope[Any]]:
-    """The batch's events this consumer sees for the first time, once each, in order."""
-    seen: set[str] = set()
-    out = []
-    for e in batch:
-        if e.event_id in fresh and e.event_id not in seen:
-            seen.add(e.event_id)
-            out.append(e)
-    return out
-
-
 def _order_id(e: Envelope[PaymentOrderEvent]) -> int:
     return int(e.data.payment_order_id)
 
@@ -119,7 +108,7 @@ async def expand_authorized_payments(
 ) -> None:
     now = clock.now()
     async with uow() as tx:
-        fresh = _unique(batch, await tx.claim_inbox(EXPAND, [e.event_id for e in batch]))
+        fresh = first_seen(batch, await tx.claim_inbox(EXPAND, [e.event_id for e in batch]))
         orders: list[tuple[PaymentOrder, Envelope[PaymentAuthorized]]] = []
         for e in fresh:
             for line in e.data.payment_lines:
@@ -155,7 +144,7 @@ async def request_captures(
 ) -> None:
     now = clock.now()
     async with uow() as tx:
-        fresh = _unique(batch, await tx.claim_inbox(ENQUEUE, [e.event_id for e in batch]))
+        fresh = first_seen(batch, await tx.claim_inbox(ENQUEUE, [e.event_id for e in batch]))
         orders = await tx.orders.get_many([_order_id(e) for e in fresh], for_update=True)
         changed = []
         for e in fresh:
@@ -219,7 +208,7 @@ async def capture_payment_orders(
         orders = await tx.orders.get_many([_order_id(e) for e in batch])
     todo = [
         e
-        for e in _unique(batch, {e.event_id for e in batch} - handled)
+        for e in first_seen(batch, {e.event_id for e in batch} - handled)
         if (order := orders.get(_order_id(e))) is not None and order.expects(e.data.attempt)
     ]
     # Outside any transaction: the PSP may take its time.
@@ -279,7 +268,7 @@ async def apply_capture_results(
     now = clock.now()
     scheduled: list[tuple[int, int, int]] = []
     async with uow() as tx:
-        fresh = _unique(batch, await tx.claim_inbox(APPLY, [e.event_id for e in batch]))
+        fresh = first_seen(batch, await tx.claim_inbox(APPLY, [e.event_id for e in batch]))
         orders = await tx.orders.get_many([_order_id(e) for e in fresh], for_update=True)
         changed: list[tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]] = []
         finished: list[PaymentOrder] = []

@@ -9,16 +9,7 @@ import msgspec
 
 from marketplace_pay.payments.domain.payment import Payment
 from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
-from marketplace_pay.shared.money import Money
-
-
-class AmountView(msgspec.Struct, rename="camel", frozen=True):
-    quantity: int
-    currency: str
-
-    @classmethod
-    def of(cls, money: Money) -> AmountView:
-        return cls(quantity=money.amount_minor, currency=money.currency.value)
+from marketplace_pay.shared.money import AmountView
 
 
 class PaymentOrderView(msgspec.Struct, rename="camel", frozen=True):
