@@ -292,3 +292,37 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
         assert report.ok, report.drift
         total = await svc.fetchval("SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'")
         assert (await svc.container.read_balance("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total
+
+
+async def test_recording_a_journal_reads_the_ledger_by_key_not_whole(fresh_database: str) -> None:
+    """The database's posting check must look journals and accounts up by key: a check that
+    scans journal_entries makes every ledger write slower as the ledger grows (migration 007)."""
+    conn = await asyncpg.connect(fresh_database)
+    try:
+
+        async def record(n: int, first: int) -> None:
+            async with conn.transaction():
+                seqs = await conn.fetch(
+                    "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+                    "SELECT 'ADJ:' || i, 'ADJUSTMENT', 'test', 'EUR', 'manual' FROM generate_series($1::int, $2::int) i "
+                    "RETURNING journal_id, seq",
+                    first,
+                    first + n - 1,
+                )
+                await conn.executemany(
+                    """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+                       VALUES ($1, $2, 'PLATFORM_CASH.GLOBAL.EUR', 'DEBIT', 100, 100, 'EUR'),
+                              ($1, $2, 'PSP_RECEIVABLES.GLOBAL.EUR', 'CREDIT', 100, -100, 'EUR')""",
+                    [(r["journal_id"], r["seq"]) for r in seqs],
+                )
+                scans = await conn.fetch(
+                    "SELECT relname, seq_scan FROM pg_stat_xact_user_tables "
+                    "WHERE relname IN ('journal_entries', 'accounts') AND seq_scan > 0"
+                )
+                assert scans == [] or first == 1, {r["relname"]: r["seq_scan"] for r in scans}
+
+        await record(5000, first=1)  # a ledger of some size (its own scans don't count)
+        await record(1, first=5001)  # one more journal: looked up by key only
+        assert await conn.fetchval("SELECT count(*) FROM postings") == 10002
+    finally:
+        await conn.close()

@@ -27,6 +27,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's default reset (`pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`, one more round trip per transaction). Pooled connections keep no
+    session state: settings are `SET LOCAL`, LISTEN lives on `SessionLocks`' own connection, and
+    the one session lock taken on pooled connections (`pooled_session_lock`) terminates its
+    connection if it cannot confirm the unlock. asyncpg still rolls back an open transaction."""
+
+
 async def create_pool(
     dsn: str, *, min_size: int, max_size: int, application_name: str, notify: bool = False
 ) -> asyncpg.Pool:
@@ -39,6 +47,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         server_settings=server_settings,
     )

@@ -1,7 +1,7 @@
 """Session-scoped coordination on one dedicated Postgres connection: advisory locks that die with
 the process (instance-id lease, relay leadership), LISTEN, and the instance-id heartbeat.
 
-Transaction-scoped job locks (`run_exclusive`) use pooled connections instead.
+Job locks (`run_exclusive`, `pooled_session_lock`) use pooled connections instead.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
@@ -142,14 +143,30 @@ async def run_exclusive(pool: asyncpg.Pool, name: str, fn: Callable[[asyncpg.Con
     """Run `fn` if no other process runs the job `name` right now (a session advisory lock on a
     pooled connection, released after the run, or with the connection if the process dies).
     Returns None if skipped."""
-    key = job_lock_key(name)
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NS_JOB, key):
-            return None
-        try:
-            return await fn(conn)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1, $2)", NS_JOB, key)
+    async with pool.acquire() as conn, pooled_session_lock(conn, NS_JOB, job_lock_key(name)) as got:
+        return await fn(conn) if got else None
+
+
+@asynccontextmanager
+async def pooled_session_lock(conn: asyncpg.Connection, namespace: int, key: int) -> AsyncIterator[bool]:
+    """Try a session advisory lock on a pooled connection; yields whether it was taken, and
+    unlocks on exit. Pools skip the reset query on release (see `infra.db.create_pool`), so if
+    the unlock cannot be confirmed (cancelled, connection trouble) the connection is terminated:
+    the lock never outlives this block on a connection someone else gets next."""
+    try:
+        got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", namespace, key))
+    except BaseException:
+        conn.terminate()
+        raise
+    try:
+        yield got
+    finally:
+        if got:
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", namespace, key)
+            except BaseException:
+                conn.terminate()
+                raise
 
 
 class IdsUnavailable(RuntimeError):

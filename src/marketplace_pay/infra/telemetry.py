@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
@@ -50,6 +50,22 @@ def context_from(traceparent: str | None):  # noqa: ANN201 - an opentelemetry Co
     return _propagator.extract({"traceparent": traceparent}) if traceparent else None
 
 
+_MAX_LINKS = 128  # the SDK's default span limit: links beyond it would be dropped anyway
+
+
+def _remote_span(traceparent: str) -> SpanContext | None:
+    """The span a W3C traceparent (`00-<trace id>-<span id>-<flags>`) names. For batch links:
+    cheaper than the propagator, which builds a whole Context per event."""
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        ctx = SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(int(parts[3][:2], 16)))
+    except ValueError:
+        return None
+    return ctx if ctx.is_valid else None
+
+
 @contextmanager
 def server_span(name: str, traceparent: str | None) -> Iterator[trace.Span]:
     with tracer().start_as_current_span(name, context=context_from(traceparent), kind=SpanKind.SERVER) as span:
@@ -69,10 +85,12 @@ def consume_span(consumer: str, event_type: str, traceparents: Sequence[str | No
             yield
         return
     links = []
-    for tp in traceparents:
-        ctx = trace.get_current_span(context_from(tp)).get_span_context() if tp else None
-        if ctx is not None and ctx.is_valid:
+    for tp in dict.fromkeys(traceparents):
+        ctx = _remote_span(tp) if tp else None
+        if ctx is not None:
             links.append(Link(ctx))
+            if len(links) == _MAX_LINKS:
+                break
     with tracer().start_as_current_span(
         f"handle {event_type} batch",
         kind=SpanKind.CONSUMER,

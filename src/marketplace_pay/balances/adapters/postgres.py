@@ -9,7 +9,7 @@ import asyncpg
 from datetime import datetime
 
 from marketplace_pay.balances.application.balances import Drift, Folded, Snapshot
-from marketplace_pay.infra.locks import NS_JOB, NS_LEDGER_FENCE, job_lock_key
+from marketplace_pay.infra.locks import NS_JOB, NS_LEDGER_FENCE, job_lock_key, pooled_session_lock
 from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
@@ -36,33 +36,30 @@ class PgBalanceStore:
         return int(row["last_value"]) if row["is_called"] else 0
 
     async def fold(self) -> Folded | None:
-        async with self._pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NS_JOB, FOLD_JOB):
+        async with self._pool.acquire() as conn, pooled_session_lock(conn, NS_JOB, FOLD_JOB) as got:
+            if not got:
                 return None  # another process folds
-            try:
-                horizon = await self._fence(conn)
-                if horizon is None:
-                    return None
-                async with conn.transaction():
-                    previous = await conn.fetchval("SELECT folded_seq FROM balance_horizon FOR UPDATE")
-                    if horizon <= previous:
-                        return Folded(previous, [])
-                    rows = await conn.fetch(
-                        """INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
-                           SELECT account_code, sum(signed_amount_minor), now()
-                           FROM postings WHERE seq > $1 AND seq <= $2
-                           GROUP BY account_code
-                           ON CONFLICT (account_code) DO UPDATE
-                           SET balance_minor = b.balance_minor + EXCLUDED.balance_minor, updated_at = now()
-                           RETURNING account_code""",
-                        previous,
-                        horizon,
-                    )
-                    faults.hit("balances.fold.before_commit")
-                    await conn.execute("UPDATE balance_horizon SET folded_seq = $1, folded_at = now()", horizon)
-                return Folded(horizon, [r["account_code"] for r in rows])
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", NS_JOB, FOLD_JOB)
+            horizon = await self._fence(conn)
+            if horizon is None:
+                return None
+            async with conn.transaction():
+                previous = await conn.fetchval("SELECT folded_seq FROM balance_horizon FOR UPDATE")
+                if horizon <= previous:
+                    return Folded(previous, [])
+                rows = await conn.fetch(
+                    """INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
+                       SELECT account_code, sum(signed_amount_minor), now()
+                       FROM postings WHERE seq > $1 AND seq <= $2
+                       GROUP BY account_code
+                       ON CONFLICT (account_code) DO UPDATE
+                       SET balance_minor = b.balance_minor + EXCLUDED.balance_minor, updated_at = now()
+                       RETURNING account_code""",
+                    previous,
+                    horizon,
+                )
+                faults.hit("balances.fold.before_commit")
+                await conn.execute("UPDATE balance_horizon SET folded_seq = $1, folded_at = now()", horizon)
+            return Folded(horizon, [r["account_code"] for r in rows])
 
     async def horizon(self) -> int:
         return int(await self._pool.fetchval("SELECT folded_seq FROM balance_horizon"))
