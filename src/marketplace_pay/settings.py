@@ -93,6 +93,7 @@ class Settings:
     # database
     db_pool_min: int = 2
     db_pool_max: int = 20
+    db_vacuum_s: int = 60  # 0: never; only acts when the server's autovacuum is off
     redis_prefix: str = "mp:"
 
     # runtime
@@ -156,6 +157,7 @@ class Settings:
             reconcile_interval_s=_int(env, "MP_RECONCILE_INTERVAL_S", defaults.reconcile_interval_s, minimum=1),
             db_pool_min=_int(env, "MP_DB_POOL_MIN", defaults.db_pool_min, minimum=1),
             db_pool_max=_int(env, "MP_DB_POOL_MAX", defaults.db_pool_max, minimum=2),
+            db_vacuum_s=_int(env, "MP_DB_VACUUM_S", defaults.db_vacuum_s),
             redis_prefix=_str(env, "MP_REDIS_PREFIX", defaults.redis_prefix) or defaults.redis_prefix,
             log_level=(_str(env, "MP_LOG_LEVEL", "INFO") or "INFO").upper(),
             log_format=log_format,

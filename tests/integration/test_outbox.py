@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 import asyncpg
 import pytest
 
-from marketplace_pay.infra.db import create_pool
+from marketplace_pay.infra.db import CHURNING_TABLES, create_pool, vacuum_if_autovacuum_off
 from marketplace_pay.infra.dispatch import Dispatcher, PgDeadLetters
-from marketplace_pay.infra.locks import SessionLocks
+from marketplace_pay.infra.locks import SessionLocks, run_exclusive
 from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.infra.outbox import OutboxRelay
 from marketplace_pay.infra.uow import PgUnitOfWork
@@ -328,3 +328,53 @@ async def test_transient_failures_are_retried_without_dead_lettering(pool: async
         await bus.stop()
     assert attempts["k:1"] == 5
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_queue_tables_are_vacuumed_when_the_server_does_not(pool: asyncpg.Pool) -> None:
+    await commit(pool, [ping("k", i) for i in range(50)])
+    await pool.execute("UPDATE outbox SET status = 'SENT', sent_at = now()")  # dead tuples, as the relay leaves them
+    autovacuum = await pool.fetchval("SELECT current_setting('autovacuum')::boolean")
+
+    vacuumed = await run_exclusive(pool, "db-vacuum", vacuum_if_autovacuum_off)
+
+    if autovacuum:
+        assert vacuumed == []
+        return
+    assert vacuumed == list(CHURNING_TABLES)
+    rows = await pool.fetch(
+        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[]) AND last_vacuum IS NOT NULL",
+        list(CHURNING_TABLES),
+    )
+    assert sorted(r["relname"] for r in rows) == sorted(CHURNING_TABLES)
+
+
+async def test_a_job_lock_never_stays_on_a_pooled_connection(pool: asyncpg.Pool) -> None:
+    """Pools skip asyncpg's reset on release, so the job lock must be gone after the job —
+    also when the job is cancelled half-way."""
+
+    async def held() -> int:
+        return await pool.fetchval("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+        )
+
+    assert await run_exclusive(pool, "job", lambda conn: conn.fetchval("SELECT 1")) == 1
+    assert await held() == 0
+
+    started = asyncio.Event()
+
+    async def slow(conn: asyncpg.Connection) -> None:
+        started.set()
+        await conn.execute("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(run_exclusive(pool, "job", slow))
+    await started.wait()
+    assert await held() == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):  # a terminated backend goes away asynchronously
+        if await held() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await held() == 0
+    assert await run_exclusive(pool, "job", lambda conn: conn.fetchval("SELECT 2")) == 2

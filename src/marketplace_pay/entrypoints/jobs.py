@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from marketplace_pay.balances.application import balances
 from marketplace_pay.balances.application.balances import drift_report
 from marketplace_pay.bootstrap import Container
+from marketplace_pay.infra.db import vacuum_if_autovacuum_off
 from marketplace_pay.infra.dispatch import is_transient
 from marketplace_pay.infra.locks import run_exclusive
 from marketplace_pay.payments.adapters.postgres import prune_idempotency_keys
@@ -104,6 +105,12 @@ def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
 
         every("inbox-prune", prune_inbox, ms=3_600_000)
         every("idempotency-keys-prune", prune_keys, ms=3_600_000)
+        if s.db_vacuum_s > 0:
+
+            async def vacuum() -> None:
+                await run_exclusive(pool, "db-vacuum", vacuum_if_autovacuum_off)
+
+            every("db-vacuum", vacuum, ms=s.db_vacuum_s * 1000)
     if relay is not None:
 
         async def supervise() -> None:

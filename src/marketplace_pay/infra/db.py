@@ -125,3 +125,33 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK)
+
+
+VACUUM_TIMEOUT_S = 1800  # the pool's command timeout (30 s) would cancel it on a bloated table
+
+# Tables rewritten all day (queues, status rows) and the insert-only ledger (statistics only
+# matter there: without them the planner guesses, and a guess once hashed the whole ledger).
+CHURNING_TABLES = (
+    "outbox",
+    "inbox",
+    "payments",
+    "payment_orders",
+    "idempotency_keys",
+    "account_balances",
+    "balance_horizon",
+    "instance_leases",
+    "journal_entries",
+    "postings",
+)
+
+
+async def vacuum_if_autovacuum_off(conn: asyncpg.Connection, tables: tuple[str, ...] = CHURNING_TABLES) -> list[str]:
+    """VACUUM (ANALYZE) the service's tables when the server does not (autovacuum off, as on
+    some development and CI machines): otherwise every claim, status change and pruned row
+    leaves a dead tuple behind for good, the queue tables bloat, and queries slow down as they
+    grow. Returns the tables vacuumed; none when autovacuum is on (migration 008 tunes it for
+    the queue tables). Must run outside a transaction."""
+    if await conn.fetchval("SELECT current_setting('autovacuum')::boolean"):
+        return []
+    await conn.execute(f"VACUUM (ANALYZE, SKIP_LOCKED) {', '.join(tables)}", timeout=VACUUM_TIMEOUT_S)
+    return list(tables)
