@@ -56,6 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        # longer than clients keep idle connections (httpx: 5 s, the same as uvicorn's default,
+        # which races: the client reuses a connection the server is closing, and a POST fails)
+        timeout_keep_alive=75,
         backlog=2048,
     )
     server = DrainingServer(config)
