@@ -1,8 +1,9 @@
 -- The postings check of 005 joined the statement's new postings to journal_entries and accounts.
--- A transition table has no statistics, so the planner hashed the whole journal_entries table
--- for every INSERT into postings: each ledger write cost a scan of the entire ledger, and
--- recording slowed down as the ledger grew. Same rules, checked row by row through the
--- primary keys, so a write costs the same on a ledger of any size.
+-- Planned without statistics (a transition table has none, and a server with autovacuum off
+-- never analyzes journal_entries), that join hashed the whole journal_entries table on every
+-- INSERT into postings: each ledger write read the entire ledger and recording slowed down as
+-- the ledger grew. Same rules, checked row by row through the primary keys, so a write costs
+-- the same on a ledger of any size.
 CREATE OR REPLACE FUNCTION postings_checked() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     this_xact constant xid := xid(pg_current_xact_id());
