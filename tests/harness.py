@@ -12,14 +12,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
-from marketplace_pay.bootstrap import Container, Resources, bootstrap, open_resources
+from marketplace_pay.bootstrap import Container, bootstrap
 from marketplace_pay.entrypoints.http import attach, create_app
 from marketplace_pay.entrypoints.jobs import running
 from marketplace_pay.infra.auth import issue_token
+from marketplace_pay.infra.resources import Resources, open_resources
 from marketplace_pay.settings import Settings
 from tests.services import free_port
 
@@ -37,6 +40,32 @@ def payment_body(
         "totalAmount": {"quantity": sum(q for _, q in lines), "currency": currency},
         "paymentOrders": [{"sellerId": s, "amount": {"quantity": q, "currency": currency}} for s, q in lines],
     }
+
+
+class PspCall(msgspec.Struct, frozen=True):
+    """One line of the simulated PSP's call log (MP_PSP_CALL_LOG): the PSP's own record."""
+
+    op: str
+    key: str
+    result: str
+    answered: bool
+    paymentOrderId: str | None = None  # noqa: N815 - the log's field name
+    paymentId: str | None = None  # noqa: N815
+
+
+def psp_calls(path: Path, op: str | None = None) -> list[PspCall]:
+    if not path.exists():
+        return []
+    calls = [msgspec.json.decode(line, type=PspCall) for line in path.read_bytes().splitlines() if line.strip()]
+    return [c for c in calls if op is None or c.op == op]
+
+
+async def outbox_backlog(pool: Any) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox o JOIN outbox_cursors c USING (shard) WHERE (o.tx, o.id) > (c.tx, c.id)"
+        )
+    )
 
 
 def auth(secret: str, *roles: str, seller: str | None = None, sub: str = "tests") -> dict[str, str]:
@@ -72,6 +101,10 @@ class Service:
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self.resources.pool.fetchval(query, *args)
 
+    async def backlog(self) -> int:
+        """Outbox rows some shard's cursor has not passed yet: events not yet handled."""
+        return await outbox_backlog(self.resources.pool)
+
     async def until(self, predicate: Any, *, timeout: float = 10.0, interval: float = 0.02) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -105,8 +138,9 @@ async def start_service(settings: Settings, **overrides: Any) -> AsyncIterator[S
 class ServiceProcess:
     """`marketplace-pay serve` as a child process, as a user runs it."""
 
-    def __init__(self, settings: Settings, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, *, extra_env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.settings = settings
+        self.workers = workers
         self.port = free_port()
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +191,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

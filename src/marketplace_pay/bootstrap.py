@@ -1,35 +1,32 @@
-"""The one place that knows every concrete class.
+"""The composition root: the one place that knows every concrete class.
 
-`open_resources(settings)` starts or connects to the services (embedded PostgreSQL/Redis when
-no URL is set), applies migrations and leases a snowflake instance id. `bootstrap(settings,
-resources)` wires the contexts into a `Container`; unit tests call `bootstrap` with fakes
-instead of resources.
+`bootstrap(settings, resources)` wires the contexts on the real adapters; unit tests pass fakes
+for the ports instead of `resources`. Starting and stopping services is infra/resources.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import asyncpg
-import redis.asyncio as aioredis
-
-from marketplace_pay.infra.auth import JwtVerifier, resolve_jwt_secret
-from marketplace_pay.infra.db import create_pool, migrate
-from marketplace_pay.infra.dispatch import Dispatcher, PgDeadLetters
-from marketplace_pay.infra.embedded import EmbeddedRedis, embedded_postgres
-from marketplace_pay.infra.kafka_bus import KafkaEventBus
-from marketplace_pay.infra.locks import LeasedIdGenerator, SessionLocks
-from marketplace_pay.infra.memory_bus import InMemoryEventBus
-from marketplace_pay.infra.outbox import OutboxRelay
 from marketplace_pay.balances.adapters.postgres import PgBalanceStore
 from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
 from marketplace_pay.balances.application import balances
 from marketplace_pay.balances.application.balances import Balance, BalanceStore, Overlay
+from marketplace_pay.infra.auth import JwtVerifier, resolve_jwt_secret
+from marketplace_pay.infra.db import vacuum_if_autovacuum_off
+from marketplace_pay.infra.dead_letters import PgDeadLetters
+from marketplace_pay.infra.partitions import maintain_queue_tables
+from marketplace_pay.infra.dispatch import Dispatcher
+from marketplace_pay.infra.kafka_bus import KafkaEventBus
+from marketplace_pay.infra.memory_bus import InMemoryEventBus
+from marketplace_pay.infra.relay import OutboxRelay, live_instances
+from marketplace_pay.infra.resources import Resources
 from marketplace_pay.ledger.adapters.postgres import (
     JournalView,
     PgLedgerUnitOfWork,
@@ -40,31 +37,26 @@ from marketplace_pay.ledger.adapters.postgres import (
     fetch_postings,
 )
 from marketplace_pay.ledger.application import recording
-from marketplace_pay.ledger.application.directory import SellerStore
+from marketplace_pay.ledger.application.directory import CachedSellers, SellerStore
 from marketplace_pay.ledger.application.recording import LedgerUnitOfWork
-from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerRecordingCommand
-from marketplace_pay.payments.adapters.postgres import PgPaymentsUnitOfWork, fetch_payment_view
+from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
+from marketplace_pay.payments import CapturePaymentOrder, PaymentAuthorized, PaymentOrderFinalized
+from marketplace_pay.payments.adapters.postgres import PgCaptureStore, PgPaymentStore, PgRetryUnitOfWork, fetch_payment_view
 from marketplace_pay.payments.adapters.psp import CallLog, SimulatedAuthorizationGateway, SimulatedCaptureGateway
 from marketplace_pay.payments.adapters.redis import RedisRetryQueue
 from marketplace_pay.payments.application import capture
-from marketplace_pay.payments.application.capture import RetryQueue
+from marketplace_pay.payments.application.capture import Capturer, CapturePolicy, RetryQueue
 from marketplace_pay.payments.application.create_payment import create_payment, resolve_pending_authorizations
 from marketplace_pay.payments.application.ports import (
     AuthorizationGateway,
     CaptureGateway,
+    CaptureStore,
     IdGenerator,
-    PaymentsUnitOfWork,
+    PaymentStore,
+    RetryUnitOfWork,
     SellerAccount,
-    SellerDirectory,
 )
 from marketplace_pay.payments.application.views import PaymentView
-from marketplace_pay.payments.domain.events import (
-    PaymentAuthorized,
-    PaymentOrderCaptureCommand,
-    PaymentOrderCreated,
-    PaymentOrderFinalized,
-    PaymentOrderPspResultUpdated,
-)
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.bus import EventBus, Subscription
 from marketplace_pay.shared.clock import Clock, SystemClock
@@ -73,123 +65,26 @@ from marketplace_pay.shared.faults import faults
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Resources:
-    """Connections to the backing services, owned by whoever opened them."""
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job the scheduler runs every `every_ms`; `exclusive`: once per cluster at a time."""
 
-    dsn: str
-    redis_url: str
-    pool: asyncpg.Pool
-    redis: aioredis.Redis
-    locks: SessionLocks
-    ids: LeasedIdGenerator
-    embedded_redis: EmbeddedRedis | None = None
-
-    async def close(self) -> None:
-        await self.ids.release()
-        await self.locks.stop()
-        await self.redis.aclose()
-        await self.pool.close()
-        if self.embedded_redis is not None:
-            await asyncio.to_thread(self.embedded_redis.stop)
-
-
-async def resolve_dsn(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return await asyncio.to_thread(embedded_postgres, settings.data_dir)
-
-
-@dataclass
-class Stores:
-    """The databases only (for CLI commands): no id lease, no relay."""
-
-    pool: asyncpg.Pool
-    redis: aioredis.Redis
-    embedded_redis: EmbeddedRedis | None
-
-    async def close(self) -> None:
-        await self.redis.aclose()
-        await self.pool.close()
-        if self.embedded_redis is not None:
-            await asyncio.to_thread(self.embedded_redis.stop)
-
-
-async def _connect(settings: Settings) -> tuple[str, str, EmbeddedRedis | None]:
-    """DSN and Redis URL (starting the embedded ones when unset), with migrations applied."""
-    dsn = await resolve_dsn(settings)
-    embedded_redis = None
-    redis_url = settings.redis_url
-    if not redis_url:
-        embedded_redis = EmbeddedRedis(settings.data_dir)
-        redis_url = await asyncio.to_thread(embedded_redis.start)
-    conn = await asyncpg.connect(dsn)
-    try:
-        applied = await migrate(conn)
-        if applied:
-            log.info("migrations applied", extra={"migrations": applied})
-    finally:
-        await conn.close()
-    return dsn, redis_url, embedded_redis
-
-
-def _redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
-
-
-async def open_stores(settings: Settings) -> Stores:
-    dsn, redis_url, embedded_redis = await _connect(settings)
-    pool = await create_pool(dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.instance_name}:cli")
-    return Stores(pool, _redis(redis_url), embedded_redis)
-
-
-async def claim_redis(pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -> None:
-    """Redis keys under `prefix` belong to one database. Keys left by another (the database was
-    recreated or restored) would mislead the retry timers and the balance overlay: drop them —
-    Postgres holds everything they derive from (pending retries are requeued from it, the
-    overlay refills and the fold catches up)."""
-    identity = await pool.fetchval("SELECT identity FROM database_identity")
-    key = f"{prefix}database"
-    previous = await client.get(key)  # (SET NX GET needs Redis 7; the embedded one is 6.2)
-    if previous is None:
-        await client.set(key, identity, nx=True)
-    elif previous.decode() != identity:
-        stale = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000) if k.decode() != key]
-        for i in range(0, len(stale), 1000):
-            await client.delete(*stale[i : i + 1000])
-        await client.set(key, identity)
-        log.warning("Redis held state of another database; cleared it", extra={"keys": len(stale), "prefix": prefix})
-
-
-async def open_resources(settings: Settings) -> Resources:
-    dsn, redis_url, embedded_redis = await _connect(settings)
-    pool = await create_pool(
-        dsn,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        application_name=f"marketplace-pay:{settings.instance_name}",
-        notify=settings.kafka_bootstrap_servers is not None,
-    )
-    locks = SessionLocks(dsn, application_name=f"marketplace-pay:{settings.instance_name}")
-    await locks.start()
-    ids = LeasedIdGenerator(locks, holder=settings.instance_name)
-    await ids.acquire()
-    ids.start()
-    redis_client = _redis(redis_url)
-    await claim_redis(pool, redis_client, settings.redis_prefix)
-    return Resources(dsn, redis_url, pool, redis_client, locks, ids, embedded_redis)
+    name: str
+    every_ms: int
+    run: Callable[[], Awaitable[Any]]
+    exclusive: bool = False
 
 
 class LedgerSellerDirectory:
     """Payments' SellerDirectory port, answered by the ledger's account directory."""
 
-    def __init__(self, store: SellerStore) -> None:
-        self._store = store
+    def __init__(self, sellers: CachedSellers) -> None:
+        self._sellers = sellers
 
     async def sellers(self, seller_ids: Sequence[str]) -> dict[str, SellerAccount]:
         return {
             s.seller_id: SellerAccount(s.seller_id, s.currency, s.status.value, s.commission_bps)
-            for s in await self._store.many(seller_ids)
+            for s in await self._sellers.many(seller_ids)
         }
 
 
@@ -197,124 +92,30 @@ class LedgerSellerDirectory:
 class Container:
     settings: Settings
     clock: Clock
-    ids: IdGenerator
     bus: EventBus
-    psp_log: CallLog
-    psp_auth: AuthorizationGateway
-    psp_capture: CaptureGateway
-    payments_uow: Callable[[], PaymentsUnitOfWork]
-    sellers: SellerStore
-    seller_directory: SellerDirectory
     verifier: JwtVerifier
-    payment_view: Callable[[int], Awaitable[PaymentView | None]]
+    psp_log: CallLog
+    sellers: SellerStore
+    seller_cache: CachedSellers
     retries: RetryQueue
-    ledger_uow: Callable[[], LedgerUnitOfWork]
     overlay: Overlay
     balance_store: BalanceStore
+    create_payment: Callable[..., Awaitable[Any]]
+    payment_view: Callable[[int], Awaitable[PaymentView | None]]
+    resolve_pending_authorizations: Callable[[], Awaitable[int]]
+    dispatch_due_retries: Callable[[], Awaitable[int]]
+    requeue_lost_retries: Callable[[], Awaitable[int]]
+    sweep_stuck_orders: Callable[[], Awaitable[int]]
+    read_balance: Callable[[str], Awaitable[Balance | None]]
+    fold_balances: Callable[[], Awaitable[Any]]
+    reconcile: Callable[..., Awaitable[balances.ReconcileReport]]
     statement: Callable[..., Awaitable[tuple[list[PostingLine], bool]]]
     payment_journals: Callable[[int], Awaitable[list[JournalView]]]
     account_exists: Callable[[str], Awaitable[bool]]
-    resources: Resources | None = None
-    relay: OutboxRelay | None = None
     subscriptions: list[Subscription] = field(default_factory=list)
-    create_payment: Callable[..., Awaitable[Any]] = field(init=False)
-    resolve_pending_authorizations: Callable[[], Awaitable[int]] = field(init=False)
-    dispatch_due_retries: Callable[[], Awaitable[int]] = field(init=False)
-    requeue_lost_retries: Callable[[], Awaitable[int]] = field(init=False)
-    read_balance: Callable[[str], Awaitable[Balance | None]] = field(init=False)
-    fold_balances: Callable[[], Awaitable[Any]] = field(init=False)
-    reconcile: Callable[..., Awaitable[balances.ReconcileReport]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        s = self.settings
-        self._wire_capture()
-        self._wire_ledger()
-        self.create_payment = partial(
-            create_payment,
-            uow=self.payments_uow,
-            sellers=self.seller_directory,
-            psp=self.psp_auth,
-            ids=self.ids,
-            clock=self.clock,
-            auth_timeout_ms=s.psp_auth_timeout_ms,
-            idempotency_lease_ms=s.idempotency_lease_ms,
-        )
-        self.resolve_pending_authorizations = partial(
-            resolve_pending_authorizations,
-            uow=self.payments_uow,
-            psp=self.psp_auth,
-            clock=self.clock,
-            older_than_ms=s.pending_auth_check_after_ms,
-        )
-
-    def _wire_capture(self) -> None:
-        s, uow, clock = self.settings, self.payments_uow, self.clock
-        batch = s.handler_batch_max
-        self.subscriptions += [
-            Subscription(
-                capture.EXPAND,
-                PaymentAuthorized,
-                partial(capture.expand_authorized_payments, uow=uow, clock=clock),
-                batch,
-            ),
-            Subscription(capture.ENQUEUE, PaymentOrderCreated, partial(capture.request_captures, uow=uow, clock=clock), batch),
-            Subscription(
-                capture.CAPTURE,
-                PaymentOrderCaptureCommand,
-                partial(
-                    capture.capture_payment_orders,
-                    uow=uow,
-                    psp=self.psp_capture,
-                    clock=clock,
-                    timeout_ms=s.psp_capture_timeout_ms,
-                ),
-                batch,
-            ),
-            Subscription(
-                capture.APPLY,
-                PaymentOrderPspResultUpdated,
-                partial(
-                    capture.apply_capture_results,
-                    uow=uow,
-                    retries=self.retries,
-                    clock=clock,
-                    max_retries=s.retry_max,
-                    base_ms=s.retry_base_ms,
-                    cap_ms=s.retry_cap_ms,
-                ),
-                batch,
-            ),
-        ]
-        self.dispatch_due_retries = partial(capture.dispatch_due_retries, uow=uow, retries=self.retries, clock=clock)
-        self.requeue_lost_retries = partial(
-            capture.requeue_lost_retries, uow=uow, retries=self.retries, clock=clock, overdue_ms=s.retry_requeue_after_ms
-        )
-
-    def _wire_ledger(self) -> None:
-        uow, clock, batch = self.ledger_uow, self.clock, self.settings.handler_batch_max
-        self.subscriptions += [
-            Subscription(
-                recording.DISPATCH_AUTHORIZED,
-                PaymentAuthorized,
-                partial(recording.request_recording_of_authorizations, uow=uow, clock=clock),
-                batch,
-            ),
-            Subscription(
-                recording.DISPATCH_FINALIZED,
-                PaymentOrderFinalized,
-                partial(recording.request_recording_of_finalizations, uow=uow, clock=clock),
-                batch,
-            ),
-            Subscription(
-                recording.RECORD, LedgerRecordingCommand, partial(recording.record_ledger_entries, uow=uow, clock=clock), batch
-            ),
-            Subscription(
-                balances.APPLY, LedgerEntriesRecorded, partial(balances.apply_ledger_entries, overlay=self.overlay), batch
-            ),
-        ]
-        self.read_balance = partial(balances.read_balance, store=self.balance_store, overlay=self.overlay, clock=clock)
-        self.fold_balances = partial(balances.fold_balances, store=self.balance_store, overlay=self.overlay)
-        self.reconcile = partial(balances.reconcile, store=self.balance_store, overlay=self.overlay, clock=clock)
+    jobs: list[Job] = field(default_factory=list)
+    relay: OutboxRelay | None = None
+    resources: Resources | None = None
 
     async def start(self) -> None:
         """Subscribe the handlers, start the bus and the outbox relay."""
@@ -322,7 +123,7 @@ class Container:
             self.bus.subscribe(subscription)
         await self.bus.start()
         if self.relay is not None:
-            self.relay.ensure_running()
+            await self.relay.start()
 
     async def stop(self) -> None:
         if self.relay is not None:
@@ -330,108 +131,274 @@ class Container:
         await self.bus.stop()
 
 
-async def _unavailable(*_: Any, **__: Any) -> Any:
-    raise RuntimeError("reads need the database (bootstrap with resources)")
+@dataclass
+class Ports:
+    """What the contexts need from the outside; `bootstrap` fills in the real adapters."""
+
+    ids: IdGenerator
+    bus: EventBus
+    payments: PaymentStore
+    capture: CaptureStore
+    retry_uow: Callable[[], RetryUnitOfWork]
+    retries: RetryQueue
+    ledger_uow: Callable[[], LedgerUnitOfWork]
+    sellers: SellerStore
+    overlay: Overlay
+    balance_store: BalanceStore
+    payment_view: Callable[[int], Awaitable[PaymentView | None]]
+    statement: Callable[..., Awaitable[tuple[list[PostingLine], bool]]] | None = None
+    payment_journals: Callable[[int], Awaitable[list[JournalView]]] | None = None
+    account_exists: Callable[[str], Awaitable[bool]] | None = None
 
 
-def _bus(settings: Settings, dispatcher: Dispatcher, topics: Sequence[str]) -> EventBus:
+def real_ports(settings: Settings, resources: Resources, relay_wake: Callable[..., None]) -> Ports:
+    pool = resources.pool
+    assert resources.ids is not None
+    return Ports(
+        ids=resources.ids,
+        bus=_bus(settings, Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=settings.handler_max_attempts)),
+        payments=PgPaymentStore(pool, on_commit=relay_wake),
+        capture=PgCaptureStore(pool, on_commit=relay_wake),
+        retry_uow=lambda: PgRetryUnitOfWork(pool, on_commit=relay_wake),
+        retries=RedisRetryQueue(resources.redis, prefix=settings.redis_prefix),
+        ledger_uow=lambda: PgLedgerUnitOfWork(pool, on_commit=relay_wake),
+        sellers=PgSellerStore(pool),
+        overlay=RedisBalanceOverlay(resources.redis, prefix=settings.redis_prefix),
+        balance_store=PgBalanceStore(pool),
+        payment_view=partial(fetch_payment_view, pool),
+        statement=partial(fetch_postings, pool),
+        payment_journals=partial(fetch_payment_journals, pool),
+        account_exists=partial(account_exists, pool),
+    )
+
+
+def _bus(settings: Settings, dispatcher: Dispatcher) -> EventBus:
     if settings.kafka_bootstrap_servers:
         return KafkaEventBus(
             dispatcher,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id=settings.instance_name,
-            topics=topics,
+            topics=(),
             topic_partitions=settings.kafka_topic_partitions,
+            replication_factor=settings.kafka_replication_factor,
             session_timeout_ms=settings.kafka_session_timeout_ms,
         )
     return InMemoryEventBus(dispatcher, partitions=settings.bus_partitions)
+
+
+async def _unavailable(*_: Any, **__: Any) -> Any:
+    raise RuntimeError("this read needs the database")
 
 
 def bootstrap(
     settings: Settings,
     resources: Resources | None = None,
     *,
+    ports: Ports | None = None,
     clock: Clock | None = None,
-    ids: IdGenerator | None = None,
-    bus: EventBus | None = None,
     psp_auth: AuthorizationGateway | None = None,
     psp_capture: CaptureGateway | None = None,
-    payments_uow: Callable[[], PaymentsUnitOfWork] | None = None,
-    retries: RetryQueue | None = None,
-    ledger_uow: Callable[[], LedgerUnitOfWork] | None = None,
-    overlay: Overlay | None = None,
-    balance_store: BalanceStore | None = None,
-    sellers: SellerStore | None = None,
-    payment_view: Callable[[int], Awaitable[PaymentView | None]] | None = None,
+    rng: random.Random | None = None,
 ) -> Container:
-    """Wire everything. With `resources`, every adapter is the real one unless overridden;
-    without, the caller passes fakes for what it uses."""
+    """Wire everything: on the real adapters with `resources`, else on the given `ports`."""
     faults.configure(settings.faults)
     clock = clock or SystemClock()
     psp_log = CallLog(path=settings.psp_call_log)
     psp_auth = psp_auth or SimulatedAuthorizationGateway(settings.psp_scenario, seed=settings.psp_seed, log=psp_log)
     psp_capture = psp_capture or SimulatedCaptureGateway(settings.psp_scenario, seed=settings.psp_seed, log=psp_log)
     relay = None
-    if resources is not None:
+    if ports is None:
+        if resources is None:
+            raise ValueError("bootstrap needs resources or ports")
         pool = resources.pool
-        dispatcher = Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=settings.handler_max_attempts)
-        bus = bus or _bus(settings, dispatcher, topics=())
+        wake = _Wake()
+        ports = real_ports(settings, resources, wake)
         relay = OutboxRelay(
             pool,
-            bus,
+            ports.bus,
             locks=resources.locks,
+            live_instances=partial(live_instances, pool),
             batch_size=settings.outbox_batch_size,
             poll_ms=settings.outbox_poll_ms,
             inflight_max=settings.outbox_inflight_max,
-            relay_id=f"{settings.instance_name}-relay",
         )
-        wake = relay.wake
-        payments_uow = payments_uow or (lambda: PgPaymentsUnitOfWork(pool, on_commit=wake))
-        sellers = sellers or PgSellerStore(pool)
-        payment_view = payment_view or partial(fetch_payment_view, pool)
-        ids = ids or resources.ids
-        retries = retries or RedisRetryQueue(resources.redis, prefix=settings.redis_prefix)
-        ledger_uow = ledger_uow or (lambda: PgLedgerUnitOfWork(pool, on_commit=wake))
-        overlay = overlay or RedisBalanceOverlay(resources.redis, prefix=settings.redis_prefix)
-        balance_store = balance_store or PgBalanceStore(pool)
-        reads: dict[str, Any] = {
-            "statement": partial(fetch_postings, pool),
-            "payment_journals": partial(fetch_payment_journals, pool),
-            "account_exists": partial(account_exists, pool),
-        }
-    else:
-        reads = {"statement": _unavailable, "payment_journals": _unavailable, "account_exists": _unavailable}
-    needed = (bus, ids, payments_uow, sellers, payment_view, retries, ledger_uow, overlay, balance_store)
-    if any(x is None for x in needed):
-        raise ValueError(
-            "without resources, pass bus, ids, payments_uow, sellers, payment_view, retries, ledger_uow, overlay "
-            "and balance_store"
-        )
+        wake.relay = relay
+    s = settings
+    seller_cache = CachedSellers(ports.sellers, clock=clock)
+    capturer = Capturer(
+        store=ports.capture,
+        psp=psp_capture,
+        retries=ports.retries,
+        clock=clock,
+        policy=CapturePolicy(
+            timeout_ms=s.psp_capture_timeout_ms, max_retries=s.retry_max, base_ms=s.retry_base_ms, cap_ms=s.retry_cap_ms
+        ),
+        inflight=asyncio.Semaphore(s.psp_max_inflight),
+        rng=rng,
+    )
+    batch = s.handler_batch_max
+    psp_batches = max(1, s.psp_max_inflight // 16)
+    subscriptions = [
+        Subscription(
+            capture.CAPTURE_AUTHORIZED,
+            PaymentAuthorized,
+            partial(capture.capture_authorized_payments, capturer=capturer),
+            batch,
+            ordered=False,
+            concurrency=psp_batches,
+        ),
+        Subscription(
+            capture.CAPTURE_RETRIES,
+            CapturePaymentOrder,
+            partial(capture.capture_due_orders, capturer=capturer),
+            batch,
+            ordered=False,
+            concurrency=psp_batches,
+        ),
+        Subscription(
+            recording.RECORD_AUTHORIZATIONS,
+            PaymentAuthorized,
+            partial(recording.record_authorizations, uow=ports.ledger_uow, clock=clock),
+            batch,
+            ordered=False,
+            concurrency=2,
+        ),
+        Subscription(
+            recording.RECORD_FINALIZATIONS,
+            PaymentOrderFinalized,
+            partial(recording.record_finalizations, uow=ports.ledger_uow, rates=seller_cache, clock=clock),
+            batch,
+            ordered=False,
+            concurrency=2,
+        ),
+        Subscription(
+            balances.APPLY_LEDGER_ENTRIES,
+            LedgerEntriesRecorded,
+            partial(balances.apply_ledger_entries, overlay=ports.overlay),
+            batch,
+            ordered=False,
+            concurrency=2,
+        ),
+    ]
     verifier = JwtVerifier(
-        secret=None if settings.jwt_jwks_url else resolve_jwt_secret(settings.jwt_secret, settings.data_dir),
-        jwks_url=settings.jwt_jwks_url,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
+        secret=None if s.jwt_jwks_url else resolve_jwt_secret(s.jwt_secret, s.data_dir),
+        jwks_url=s.jwt_jwks_url,
+        issuer=s.jwt_issuer,
+        audience=s.jwt_audience,
     )
     container = Container(
-        settings=settings,
+        settings=s,
         clock=clock,
-        ids=ids,
-        bus=bus,
-        psp_log=psp_log,
-        psp_auth=psp_auth,
-        psp_capture=psp_capture,
-        payments_uow=payments_uow,
-        sellers=sellers,
-        seller_directory=LedgerSellerDirectory(sellers),
+        bus=ports.bus,
         verifier=verifier,
-        payment_view=payment_view,
-        retries=retries,
-        ledger_uow=ledger_uow,
-        overlay=overlay,
-        balance_store=balance_store,
-        resources=resources,
-        **reads,
+        psp_log=psp_log,
+        sellers=ports.sellers,
+        seller_cache=seller_cache,
+        retries=ports.retries,
+        overlay=ports.overlay,
+        balance_store=ports.balance_store,
+        create_payment=partial(
+            create_payment,
+            store=ports.payments,
+            sellers=LedgerSellerDirectory(seller_cache),
+            psp=psp_auth,
+            ids=ports.ids,
+            clock=clock,
+            auth_timeout_ms=s.psp_auth_timeout_ms,
+            in_progress_ms=s.idempotency_in_progress_ms,
+        ),
+        payment_view=ports.payment_view,
+        resolve_pending_authorizations=partial(
+            resolve_pending_authorizations,
+            store=ports.payments,
+            psp=psp_auth,
+            clock=clock,
+            older_than_ms=s.pending_auth_check_after_ms,
+        ),
+        dispatch_due_retries=partial(capture.dispatch_due_retries, uow=ports.retry_uow, retries=ports.retries, clock=clock),
+        requeue_lost_retries=partial(
+            capture.requeue_lost_retries, store=ports.capture, retries=ports.retries, clock=clock, overdue_ms=s.retry_requeue_after_ms
+        ),
+        sweep_stuck_orders=partial(
+            capture.sweep_stuck_orders, store=ports.capture, uow=ports.retry_uow, clock=clock, stuck_after_s=s.sweep_stuck_after_s
+        ),
+        read_balance=partial(balances.read_balance, store=ports.balance_store, overlay=ports.overlay, clock=clock),
+        fold_balances=partial(balances.fold_balances, store=ports.balance_store, overlay=ports.overlay),
+        reconcile=partial(balances.reconcile, store=ports.balance_store, overlay=ports.overlay, clock=clock),
+        statement=ports.statement or _unavailable,
+        payment_journals=ports.payment_journals or _unavailable,
+        account_exists=ports.account_exists or _unavailable,
+        subscriptions=subscriptions,
         relay=relay,
+        resources=resources,
     )
+    container.jobs = _jobs(container, resources, ports)
     return container
+
+
+def _jobs(c: Container, resources: Resources | None, ports: Ports) -> list[Job]:
+    s = c.settings
+
+    async def reclaim_retries() -> int:
+        return await ports.retries.reclaim(now_ms=c.clock.now_ms(), older_than_ms=s.retry_inflight_timeout_ms)
+
+    async def sweep_overlay() -> None:
+        await balances.sweep_overlay(store=ports.balance_store, overlay=ports.overlay)
+
+    async def reconcile() -> None:
+        report = await c.reconcile()
+        if not report.ok:
+            log.error("reconciliation found differences", extra={"drift": balances.drift_report(report)[:50]})
+
+    jobs = [
+        Job("payments-resolve-pending-auth", s.pending_auth_poll_ms, c.resolve_pending_authorizations),
+        Job("payments-retry-dispatch", s.retry_poll_ms, c.dispatch_due_retries),
+        Job("payments-retry-requeue", max(1000, s.retry_requeue_after_ms // 2), c.requeue_lost_retries),
+        Job("payments-retry-reclaim", max(1000, s.retry_inflight_timeout_ms // 4), reclaim_retries),
+        Job("payments-retry-gauge", 5000, ports.retries.sizes),
+        Job("payments-sweep-stuck-orders", max(1000, s.sweep_stuck_after_s * 250), c.sweep_stuck_orders, exclusive=True),
+        Job("balances-fold", s.balance_fold_ms, c.fold_balances),
+        Job("balances-overlay-sweep", 60_000, sweep_overlay),
+        Job("balances-reconcile", s.reconcile_interval_s * 1000, reconcile, exclusive=True),
+    ]
+    if resources is not None and c.relay is not None:
+        jobs += queue_jobs(s, resources, c.relay)
+    return jobs
+
+
+def queue_jobs(s: Settings, resources: Resources, relay: OutboxRelay) -> list[Job]:
+    """Upkeep of the delivery machinery: the relay, the queue tables, dead letters, vacuum."""
+    pool = resources.pool
+    dead_letters = PgDeadLetters(pool)
+
+    async def supervise_relay() -> None:
+        relay.ensure_running()
+
+    async def maintain_partitions() -> None:
+        async with pool.acquire() as conn:
+            await maintain_queue_tables(conn, outbox_retention_s=s.outbox_retention_s, responses_ttl_hours=s.idempotency_ttl_hours)
+
+    jobs = [
+        Job("outbox-relay", 2000, supervise_relay),
+        Job("outbox-backlog", 5000, relay.backlog),
+        Job("queue-partitions", 60_000, maintain_partitions, exclusive=True),
+        Job("dead-letters-gauge", 10_000, dead_letters.gauge),
+    ]
+    if s.db_vacuum_s > 0:
+
+        async def vacuum() -> None:
+            async with pool.acquire() as conn:
+                await vacuum_if_autovacuum_off(conn)
+
+        jobs.append(Job("db-vacuum", s.db_vacuum_s * 1000, vacuum, exclusive=True))
+    return jobs
+
+
+class _Wake:
+    """Lets the stores, built before the relay, wake it after their commits."""
+
+    relay: OutboxRelay | None = None
+
+    def __call__(self, shards: Any) -> None:
+        if self.relay is not None:
+            self.relay.committed(shards)

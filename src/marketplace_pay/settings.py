@@ -59,6 +59,7 @@ class Settings:
     psp_auth_timeout_ms: int = 500
     psp_capture_timeout_ms: int = 500
     psp_call_log: Path | None = None
+    psp_max_inflight: int = 256
 
     # capture retries (seed §7.1)
     retry_base_ms: int = 2000
@@ -72,11 +73,12 @@ class Settings:
     pending_auth_check_after_ms: int = 2000
     pending_auth_poll_ms: int = 1000
     idempotency_ttl_hours: int = 48
-    idempotency_lease_ms: int = 30000
+    idempotency_in_progress_ms: int = 30000
+    sweep_stuck_after_s: int = 120
 
     # outbox / inbox / bus
     outbox_batch_size: int = 500
-    outbox_poll_ms: int = 1000
+    outbox_poll_ms: int = 50
     outbox_inflight_max: int = 5000
     outbox_retention_s: int = 600
     inbox_retention_hours: int = 168
@@ -84,7 +86,8 @@ class Settings:
     handler_batch_max: int = 200
     handler_max_attempts: int = 5
     kafka_session_timeout_ms: int = 10000
-    kafka_topic_partitions: int = 0  # 0 = the seed's partition counts (48/24)
+    kafka_topic_partitions: int = 0  # 0 = 48 per payments topic, 24 per ledger topic
+    kafka_replication_factor: int = 0  # 0 = as many brokers as the cluster has, up to 3
 
     # balances (issue 4)
     balance_fold_ms: int = 1000
@@ -101,6 +104,7 @@ class Settings:
     log_format: str = "json"
     shutdown_grace_s: int = 20
     faults: str | None = None
+    workers: int = 0  # 0 = one per CPU core
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +131,7 @@ class Settings:
             psp_auth_timeout_ms=_int(env, "MP_PSP_AUTH_TIMEOUT_MS", defaults.psp_auth_timeout_ms, minimum=1),
             psp_capture_timeout_ms=_int(env, "MP_PSP_CAPTURE_TIMEOUT_MS", defaults.psp_capture_timeout_ms, minimum=1),
             psp_call_log=Path(p) if (p := _str(env, "MP_PSP_CALL_LOG")) else None,
+            psp_max_inflight=_int(env, "MP_PSP_MAX_INFLIGHT", defaults.psp_max_inflight, minimum=1),
             retry_base_ms=_int(env, "MP_RETRY_BASE_MS", defaults.retry_base_ms, minimum=1),
             retry_cap_ms=_int(env, "MP_RETRY_CAP_MS", defaults.retry_cap_ms, minimum=1),
             retry_max=_int(env, "MP_RETRY_MAX", defaults.retry_max),
@@ -140,7 +145,10 @@ class Settings:
             ),
             pending_auth_poll_ms=_int(env, "MP_PENDING_AUTH_POLL_MS", defaults.pending_auth_poll_ms, minimum=10),
             idempotency_ttl_hours=_int(env, "MP_IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, minimum=24),
-            idempotency_lease_ms=_int(env, "MP_IDEMPOTENCY_LEASE_MS", defaults.idempotency_lease_ms, minimum=100),
+            idempotency_in_progress_ms=_int(
+                env, "MP_IDEMPOTENCY_IN_PROGRESS_MS", defaults.idempotency_in_progress_ms, minimum=100
+            ),
+            sweep_stuck_after_s=_int(env, "MP_SWEEP_STUCK_AFTER_S", defaults.sweep_stuck_after_s, minimum=1),
             outbox_batch_size=_int(env, "MP_OUTBOX_BATCH_SIZE", defaults.outbox_batch_size, minimum=1),
             outbox_poll_ms=_int(env, "MP_OUTBOX_POLL_MS", defaults.outbox_poll_ms, minimum=10),
             outbox_inflight_max=_int(env, "MP_OUTBOX_INFLIGHT_MAX", defaults.outbox_inflight_max, minimum=1),
@@ -153,6 +161,7 @@ class Settings:
                 env, "MP_KAFKA_SESSION_TIMEOUT_MS", defaults.kafka_session_timeout_ms, minimum=1000
             ),
             kafka_topic_partitions=_int(env, "MP_KAFKA_TOPIC_PARTITIONS", defaults.kafka_topic_partitions),
+            kafka_replication_factor=_int(env, "MP_KAFKA_REPLICATION_FACTOR", defaults.kafka_replication_factor),
             balance_fold_ms=_int(env, "MP_BALANCE_FOLD_MS", defaults.balance_fold_ms, minimum=10),
             reconcile_interval_s=_int(env, "MP_RECONCILE_INTERVAL_S", defaults.reconcile_interval_s, minimum=1),
             db_pool_min=_int(env, "MP_DB_POOL_MIN", defaults.db_pool_min, minimum=1),
@@ -163,6 +172,7 @@ class Settings:
             log_format=log_format,
             shutdown_grace_s=_int(env, "MP_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             faults=_str(env, "MP_FAULTS"),
+            workers=_int(env, "MP_WORKERS", defaults.workers),
         )
         if settings.retry_cap_ms < settings.retry_base_ms:
             raise SettingsError("MP_RETRY_CAP_MS must be >= MP_RETRY_BASE_MS")

@@ -1,10 +1,11 @@
-"""The retry queue (fake vs Redis) and the payment-order repository (fake vs Postgres)."""
+"""The retry queue (fake vs Redis) and the capture store (fake vs Postgres)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,14 +13,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from marketplace_pay.infra.db import create_pool
-from marketplace_pay.payments.adapters.postgres import PgPaymentsUnitOfWork
+from marketplace_pay.payments.adapters.postgres import PgCaptureStore, PgPaymentStore, PgRetryUnitOfWork
 from marketplace_pay.payments.adapters.redis import RedisRetryQueue
-from marketplace_pay.payments.application.ports import StaleOrder
-from marketplace_pay.payments.domain.payment import Payment, PaymentLine
+from marketplace_pay.payments.application.capture import order_fields
+from marketplace_pay.payments.application.ports import Keyed, NewOrder
+from marketplace_pay.payments.domain.events import PaymentOrderFinalized
+from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
 from marketplace_pay.payments.domain.payment_order import CaptureResult, PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.clock import FixedClock
+from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.money import Currency, Money
-from tests.fakes import FakeDatabase, FakeIds, FakePaymentsUnitOfWork, FakeRetryQueue
+from tests.fakes import FakeCaptureStore, FakeDatabase, FakeIds, FakePaymentStore, FakeRetryQueue, FakeRetryUnitOfWork
 
 IDS = FakeIds()
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -70,97 +74,141 @@ async def test_concurrent_pops_never_hand_out_an_item_twice(queue: Any) -> None:
 # -- payment orders -------------------------------------------------------------------------
 
 
+@dataclass
+class Orders:
+    payments: Any
+    store: Any
+    retry_uow: Callable[[], Any]
+    outbox: Callable[[], Any]
+
+
 @pytest.fixture(params=["fake", "postgres"])
-async def uow(request: pytest.FixtureRequest, fresh_database: str) -> AsyncIterator[Callable[[], Any]]:
+async def orders(request: pytest.FixtureRequest, fresh_database: str) -> AsyncIterator[Orders]:
     if request.param == "fake":
         db = FakeDatabase(FixedClock(T0))
-        yield lambda: FakePaymentsUnitOfWork(db)
+
+        async def fake_outbox() -> list[str]:
+            return [e.event_id for e in db.tables.outbox]
+
+        yield Orders(FakePaymentStore(db), FakeCaptureStore(db), lambda: FakeRetryUnitOfWork(db), fake_outbox)
         return
     pool = await create_pool(fresh_database, min_size=1, max_size=4, application_name="contract")
-    yield lambda: PgPaymentsUnitOfWork(pool)
+
+    async def pg_outbox() -> list[str]:
+        return [r["event_id"] for r in await pool.fetch("SELECT event_id FROM outbox ORDER BY tx, id")]
+
+    yield Orders(PgPaymentStore(pool), PgCaptureStore(pool), lambda: PgRetryUnitOfWork(pool), pg_outbox)
     await pool.close()
 
 
-async def authorized_payment(uow: Callable[[], Any]) -> tuple[Payment, list[PaymentOrder]]:
+async def authorized_payment(o: Orders, *amounts: int) -> tuple[Payment, list[NewOrder]]:
+    amounts = amounts or (1000, 2000)
+    sellers = ["SELLER-111", "SELLER-222", "SELLER-333"]
     p = Payment.create(
         payment_id=IDS.next_id(0),
         buyer_id="b",
         order_id=secrets.token_hex(4),
-        total=Money(3000, Currency.EUR),
-        lines=[PaymentLine(IDS.next_id(3), "SELLER-111", Money(1000, Currency.EUR)), PaymentLine(IDS.next_id(4), "SELLER-222", Money(2000, Currency.EUR))],
+        total=Money(sum(amounts), Currency.EUR),
+        lines=[PaymentLine(IDS.next_id(3), sellers[i], Money(a, Currency.EUR)) for i, a in enumerate(amounts)],
         now=T0,
     )
-    async with uow() as tx:
-        await tx.payments.add(p, idempotency_key=None, trace_id="t" * 32, traceparent="tp")
-        await tx.commit()
-    orders = [
-        PaymentOrder.create(payment_order_id=line.payment_order_id, payment_id=p.payment_id, seller_id=line.seller_id, amount=line.amount, now=T0)
-        for line in p.lines
-    ]
-    return p, orders
+    await o.payments.add(p, keyed=Keyed("c"), trace_id="t" * 32, traceparent="tp")
+    p.authorize(T0)
+    assert await o.payments.record_authorization(p, [], None)
+    new = []
+    for line in p.lines:
+        order = PaymentOrder.create(
+            payment_order_id=line.payment_order_id, payment_id=p.payment_id, seller_id=line.seller_id, amount=line.amount, now=T0
+        )
+        order.request_capture(T0)
+        new.append(NewOrder(order, "t" * 32, "tp"))
+    return p, new
 
 
-async def test_orders_are_inserted_once(uow: Callable[[], Any]) -> None:
-    _, orders = await authorized_payment(uow)
-    async with uow() as tx:
-        assert await tx.orders.add_all([(o, "t" * 32, "tp") for o in orders]) == {o.payment_order_id for o in orders}
-        assert await tx.orders.add_all([(o, "x", None) for o in orders]) == set()
-        await tx.commit()
-    async with uow() as tx:
-        got = await tx.orders.get_many([o.payment_order_id for o in orders])
-        traces = await tx.orders.traces([orders[0].payment_order_id])
-    assert {o.payment_order_id: (o.status, o.retry_count, o.amount) for o in got.values()} == {
-        o.payment_order_id: (PaymentOrderStatus.INITIATED_PENDING, 0, o.amount) for o in orders
-    }
-    assert traces == {orders[0].payment_order_id: ("t" * 32, "tp")}
+def answered(order: PaymentOrder, result: CaptureResult, *, at: datetime = T0) -> tuple[PaymentOrder, tuple[Any, int]]:
+    before = order.state()
+    order.apply_result(result, attempt=order.retry_count, now=at, max_retries=5, retry_delay_ms=1500)
+    return order, before
 
 
-async def test_guarded_save_refuses_a_regression_and_keeps_updated_at_monotonic(uow: Callable[[], Any]) -> None:
-    _, orders = await authorized_payment(uow)
-    o = orders[0]
-    async with uow() as tx:
-        await tx.orders.add_all([(o, "t", None)])
-        await tx.commit()
-    async with uow() as tx:
-        current = (await tx.orders.get_many([o.payment_order_id], for_update=True))[o.payment_order_id]
-        before = (current.status, current.retry_count)
-        current.request_capture(T0 + timedelta(seconds=10))
-        await tx.orders.save_all([(current, before)])
-        await tx.commit()
-    # a late writer that still thinks the order is INITIATED_PENDING is refused
-    stale = (await _get(uow, o.payment_order_id))
-    stale.status, stale.retry_count = PaymentOrderStatus.INITIATED_PENDING, 0
-    stale.request_capture(T0 + timedelta(seconds=1))
-    with pytest.raises(StaleOrder):
-        async with uow() as tx:
-            await tx.orders.save_all([(stale, (PaymentOrderStatus.INITIATED_PENDING, 0))])
-            await tx.commit()
-    final = await _get(uow, o.payment_order_id)
-    assert (final.status, final.updated_at) == (PaymentOrderStatus.CAPTURE_REQUESTED, T0 + timedelta(seconds=10))
+def finalized(order: PaymentOrder) -> Envelope[Any]:
+    event = PaymentOrderFinalized(**order_fields(order, T0), status=order.status.value, retry_count=order.retry_count)
+    return envelope(event, aggregate_id=str(order.payment_order_id), timestamp=T0, trace_id="t" * 32)
 
 
-async def _get(uow: Callable[[], Any], order_id: int) -> PaymentOrder:
-    async with uow() as tx:
-        return (await tx.orders.get_many([order_id]))[order_id]
+async def test_orders_are_created_once_and_only_waiting_ones_come_back(orders: Orders) -> None:
+    _, new = await authorized_payment(orders)
+    waiting = await orders.store.open_orders(new)
+    assert sorted(o.payment_order_id for o in waiting) == sorted(n.order.payment_order_id for n in new)
+    assert {(o.status, o.retry_count, o.psp_key_attempt) for o in waiting} == {(PaymentOrderStatus.CAPTURE_REQUESTED, 0, 0)}
+    again = await orders.store.open_orders(new)  # a repeat (or a crash before attempt 0): still waiting
+    assert sorted(o.payment_order_id for o in again) == sorted(o.payment_order_id for o in waiting)
+    await orders.store.save_attempts([answered(waiting[0], CaptureResult.UNKNOWN)], [])
+    after = await orders.store.open_orders(new)
+    assert [o.payment_order_id for o in after] == [waiting[1].payment_order_id]  # the attempted one moved on
 
 
-async def test_overdue_retries_until_dispatched(uow: Callable[[], Any]) -> None:
-    _, orders = await authorized_payment(uow)
-    o = orders[1]
-    async with uow() as tx:
-        await tx.orders.add_all([(o, "t", None)])
-        await tx.commit()
-    async with uow() as tx:
-        current = (await tx.orders.get_many([o.payment_order_id], for_update=True))[o.payment_order_id]
-        current.request_capture(T0)
-        current.apply_result(CaptureResult.PENDING_CAPTURE, attempt=0, now=T0, max_retries=5, retry_delay_ms=1500)
-        await tx.orders.save_all([(current, (PaymentOrderStatus.INITIATED_PENDING, 0))])
-        await tx.commit()
+async def test_attempts_are_saved_guarded_and_finish_the_payment_with_their_events(orders: Orders) -> None:
+    p, new = await authorized_payment(orders, 1000, 2000, 3000)
+    a, b, c = sorted(await orders.store.open_orders(new), key=lambda o: o.amount.amount_minor)
+    changes = [answered(a, CaptureResult.CAPTURED), answered(b, CaptureResult.DECLINED), answered(c, CaptureResult.RETRYABLE)]
+    applied = await orders.store.save_attempts(changes, [finalized(a), finalized(b)])
+    assert applied == {a.payment_order_id, b.payment_order_id, c.payment_order_id}
+    assert (await orders.payments.get(p.payment_id)).status is PaymentStatus.AUTHORIZED  # c is still open
+    # a late writer still working from attempt 0 is refused, and its event is not written
+    stale = (await orders.store.orders([c.payment_order_id]))[c.payment_order_id]
+    stale.status, stale.retry_count, stale.psp_key_attempt = PaymentOrderStatus.CAPTURE_REQUESTED, 0, 0
+    lost = answered(stale, CaptureResult.CAPTURED)
+    assert await orders.store.save_attempts([lost], [finalized(lost[0])]) == set()
+    # the real attempt 1 ends it: the payment rolls up
+    current = (await orders.store.orders([c.payment_order_id]))[c.payment_order_id]
+    assert (current.status, current.retry_count, current.psp_key_attempt) == (PaymentOrderStatus.PENDING_CAPTURE, 1, 1)
+    done = answered(current, CaptureResult.CAPTURED, at=T0 + timedelta(seconds=9))
+    assert await orders.store.save_attempts([done], [finalized(done[0])]) == {c.payment_order_id}
+    payment = await orders.payments.get(p.payment_id)
+    assert (payment.status, payment.captured.amount_minor, payment.orders_open) == (PaymentStatus.CAPTURED_PARTIALLY, 4000, 0)
+    assert payment.updated_at == T0 + timedelta(seconds=9)
+    assert sorted(await orders.outbox()) == sorted(
+        f"{o.public_id}:payment_order_finalized:{s}" for o, s in [(a, "CAPTURED"), (b, "CAPTURE_FAILED"), (c, "CAPTURED")]
+    )
+
+
+@pytest.mark.parametrize(("results", "status"), [
+    ([CaptureResult.CAPTURED, CaptureResult.CAPTURED], PaymentStatus.CAPTURED),
+    ([CaptureResult.DECLINED, CaptureResult.DECLINED], PaymentStatus.CAPTURE_FAILED),
+])
+async def test_the_roll_up_follows_the_domain_rule(orders: Orders, results: list[CaptureResult], status: PaymentStatus) -> None:
+    p, new = await authorized_payment(orders)
+    waiting = sorted(await orders.store.open_orders(new), key=lambda o: o.amount.amount_minor)
+    for order, result in zip(waiting, results, strict=True):  # one batch each, as concurrent retries would
+        await orders.store.save_attempts([answered(order, result)], [])
+    expected = Payment.create(payment_id=1, buyer_id="b", order_id="o", total=p.total, lines=p.lines, now=T0)
+    expected.authorize(T0)
+    for order in waiting:
+        expected.record_order_outcome(captured=order.amount if order.status is PaymentOrderStatus.CAPTURED else None, now=T0)
+    payment = await orders.payments.get(p.payment_id)
+    assert (payment.status, payment.captured, payment.orders_open) == (expected.status, expected.captured, 0)
+    assert payment.status is status
+
+
+async def test_overdue_retries_until_dispatched_and_unknown_outcomes_are_counted(orders: Orders) -> None:
+    _, new = await authorized_payment(orders)
+    a, b = sorted(await orders.store.open_orders(new), key=lambda o: o.amount.amount_minor)
+    await orders.store.save_attempts([answered(a, CaptureResult.UNKNOWN), answered(b, CaptureResult.RETRYABLE)], [])
+    assert await orders.store.unknown_outcomes() == 1
     due_ms = int((T0 + timedelta(milliseconds=1500)).timestamp() * 1000)
-    async with uow() as tx:
-        assert await tx.orders.overdue_retries(before=T0 + timedelta(seconds=1), limit=10) == []
-        assert await tx.orders.overdue_retries(before=T0 + timedelta(seconds=2), limit=10) == [(o.payment_order_id, 1, due_ms)]
-        await tx.orders.mark_retries_dispatched([o.payment_order_id])
+    assert await orders.store.overdue_retries(before=T0 + timedelta(seconds=1), limit=10) == []
+    assert sorted(await orders.store.overdue_retries(before=T0 + timedelta(seconds=2), limit=10)) == sorted(
+        [(a.payment_order_id, 1, due_ms), (b.payment_order_id, 1, due_ms)]
+    )
+    async with orders.retry_uow() as tx:
+        locked = await tx.lock_orders([a.payment_order_id])
+        assert locked[a.payment_order_id][1:] == ("t" * 32, "tp")
+        await tx.mark_dispatched([a.payment_order_id])
         await tx.commit()
-    async with uow() as tx:
-        assert await tx.orders.overdue_retries(before=T0 + timedelta(seconds=2), limit=10) == []
+    assert await orders.store.overdue_retries(before=T0 + timedelta(seconds=2), limit=10) == [(b.payment_order_id, 1, due_ms)]
+    # quiet for longer than the schedule allows: a dispatched retry that never ran, and a due one
+    # nobody dispatched, are both stuck
+    assert [o.payment_order_id for o in await orders.store.stuck_orders(unchanged_since=T0, limit=10)] == []
+    stuck = await orders.store.stuck_orders(unchanged_since=T0 + timedelta(minutes=5), limit=10)
+    assert sorted(o.payment_order_id for o in stuck) == sorted([a.payment_order_id, b.payment_order_id])

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
+from marketplace_pay.balances.application.balances import Entry
 from tests.fakes import FakeOverlay
 
 
@@ -25,28 +26,33 @@ async def overlay(request: pytest.FixtureRequest, redis_url: str, redis_prefix: 
     await client.aclose()
 
 
+def e(account: str, tx: int, seq: int, amount: int) -> Entry:
+    return Entry(account, tx, seq, amount)
+
+
 async def test_entries_are_idempotent_and_order_free(overlay: Any) -> None:
-    entries = [("A", 1, 100), ("B", 1, -100), ("A", 3, 5), ("A", 2, -7)]
+    entries = [e("A", 10, 1, 100), e("B", 10, 1, -100), e("A", 12, 3, 5), e("A", 11, 2, -7)]
     assert await overlay.apply(entries) == 4
     assert await overlay.apply(list(reversed(entries)) + entries) == 0
-    assert await overlay.entries("A") == [(1, 100), (2, -7), (3, 5)]
+    assert sorted(await overlay.entries("A")) == [e("A", 10, 1, 100), e("A", 11, 2, -7), e("A", 12, 3, 5)]
     assert sorted(await overlay.accounts()) == ["A", "B"]
 
 
-async def test_prune_drops_folded_entries_and_later_ones_at_or_below_the_horizon(overlay: Any) -> None:
-    await overlay.apply([("A", 1, 10), ("A", 5, 20), ("B", 2, 30)])
-    await overlay.prune(3, ["A"])
-    assert await overlay.entries("A") == [(5, 20)]
-    assert await overlay.entries("B") == [(2, 30)]  # not in this fold's accounts
-    await overlay.prune(3, [])  # every account
+async def test_prune_drops_entries_below_the_horizon_and_refuses_later_ones(overlay: Any) -> None:
+    await overlay.apply([e("A", 10, 1, 10), e("A", 50, 5, 20), e("B", 20, 2, 30), e("A", 30, 3, 1)])
+    await overlay.prune(30, ["A"])  # transactions below 30 are folded
+    assert sorted(await overlay.entries("A")) == [e("A", 30, 3, 1), e("A", 50, 5, 20)]
+    assert await overlay.entries("B") == [e("B", 20, 2, 30)]  # not in this fold's accounts
+    await overlay.prune(30, [])  # every account
     assert await overlay.entries("B") == []
-    assert await overlay.apply([("A", 2, 99), ("A", 6, 1)]) == 1  # a late entry below the horizon is ignored
-    assert await overlay.entries("A") == [(5, 20), (6, 1)]
+    assert await overlay.apply([e("A", 29, 2, 99), e("A", 60, 6, 1)]) == 1  # a late entry below the horizon is ignored
+    assert sorted(await overlay.entries("A")) == [e("A", 30, 3, 1), e("A", 50, 5, 20), e("A", 60, 6, 1)]
     await overlay.prune(1, [])  # the horizon never goes back
-    assert await overlay.apply([("C", 2, 1)]) == 0
+    assert await overlay.apply([e("C", 20, 2, 1)]) == 0
 
 
-async def test_clear_forgets_entries(overlay: Any) -> None:
-    await overlay.apply([("A", 1, 10)])
-    await overlay.clear()
-    assert await overlay.entries("A") == [] and await overlay.accounts() == []
+async def test_remove_drops_exactly_the_given_entries(overlay: Any) -> None:
+    await overlay.apply([e("A", 10, 1, 10), e("A", 10, 2, 10), e("B", 10, 1, 5)])
+    await overlay.remove([e("A", 10, 1, 10), e("B", 10, 1, 6)])  # the second matches nothing
+    assert await overlay.entries("A") == [e("A", 10, 2, 10)]
+    assert await overlay.entries("B") == [e("B", 10, 1, 5)]

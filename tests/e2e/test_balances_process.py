@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import ServiceProcess, auth, payment_body
+from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
@@ -49,9 +49,9 @@ async def settle(dsn: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while True:
             open_payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')")
-            unsent = await conn.fetchval("SELECT count(*) FROM outbox WHERE status <> 'SENT'")
+            unsent = await outbox_backlog(conn)
             unfolded = await conn.fetchval(
-                "SELECT coalesce(max(seq), 0) > (SELECT folded_seq FROM balance_horizon) FROM journal_entries"
+                "SELECT coalesce(max(tx), '0') >= (SELECT folded_tx FROM balance_horizon) FROM journal_entries"
             )
             if not (open_payments or unsent or unfolded):
                 return
@@ -133,7 +133,7 @@ async def test_redis_flushed_mid_run_then_reconcile_repair(
         deadline = time.monotonic() + 90
         while await conn.fetchval(
             "SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')"
-        ) or await conn.fetchval("SELECT count(*) FROM outbox WHERE status <> 'SENT'"):
+        ) or await outbox_backlog(conn):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
     finally:

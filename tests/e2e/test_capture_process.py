@@ -1,6 +1,6 @@
 """The capture pipeline in `marketplace-pay serve`, killed (SIGKILL) at its riskiest points and
-restarted: every order ends terminal, each (order, attempt) result is applied once, the PSP
-always gave the same answer for the same attempt, and no PaymentOrderFinalized is doubled."""
+restarted: every order ends terminal, its answer applied once (no PaymentOrderFinalized doubled),
+and the database agrees with the PSP's own record order by order — never captured twice."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.harness import ServiceProcess, auth, payment_body
+from marketplace_pay.shared.ids import public_payment_order_id
+from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, psp_calls
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
@@ -58,42 +59,47 @@ async def wait_settled(dsn: str, *, timeout: float = 60) -> None:
 
 
 async def assert_consistent(dsn: str, psp_log: Path) -> dict[str, Any]:
+    """The database against the PSP's own record (its call log), order by order."""
     conn = await asyncpg.connect(dsn)
     try:
-        orders = await conn.fetch("SELECT payment_order_id, payment_id, status, retry_count, amount_minor FROM payment_orders")
+        orders = await conn.fetch(
+            "SELECT payment_order_id, payment_id, status, retry_count, psp_key_attempt, amount_minor FROM payment_orders"
+        )
         payments = await conn.fetch("SELECT payment_id, status, captured_amount_minor, orders_open, lines FROM payments")
-        events = await conn.fetch(
-            "SELECT event_type, msg_key, payload FROM outbox WHERE event_type IN "
-            "('payment_order_psp_result_updated', 'payment_order_finalized')"
+        finals = Counter(
+            r["msg_key"]
+            for r in await conn.fetch("SELECT msg_key FROM outbox WHERE event_type = 'payment_order_finalized'")
         )
     finally:
         await conn.close()
     assert payments and all(p["status"] in ("CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED") for p in payments)
     assert all(p["orders_open"] == 0 for p in payments)
     assert sum(len(json.loads(p["lines"])) for p in payments) == len(orders)  # no order lost, none doubled
-    finals = Counter(e["msg_key"] for e in events if e["event_type"] == "payment_order_finalized")
+    # every order finalized exactly once: an answer was applied once, whatever was delivered twice
     assert set(finals) == {str(o["payment_order_id"]) for o in orders} and set(finals.values()) == {1}
-    results = Counter(
-        (e["msg_key"], json.loads(e["payload"])["data"]["attempt"]) for e in events if e["event_type"] == "payment_order_psp_result_updated"
-    )
-    assert set(results.values()) == {1}  # one result applied per (order, attempt)
-    for o in orders:
-        attempts = {a for (key, a) in results if key == str(o["payment_order_id"])}
-        assert attempts == set(range(o["retry_count"] + 1))
     captured: Counter[int] = Counter()
     for o in orders:
         if o["status"] == "CAPTURED":
             captured[o["payment_id"]] += o["amount_minor"]
     assert all(p["captured_amount_minor"] == captured[p["payment_id"]] for p in payments)
-    # The PSP's own record: one answer per (order, attempt), however often it was asked.
-    answers: dict[str, set[str]] = defaultdict(set)
+    # The PSP's own record: one outcome per key however often it was asked, at most one key that
+    # captured per order, and the order's status is what the PSP did.
+    did: dict[str, set[str]] = defaultdict(set)
     asked: Counter[str] = Counter()
-    for line in psp_log.read_text().splitlines():
-        call = json.loads(line)
-        if call["op"] == "capture" and call["result"] != "TIMEOUT":
-            answers[call["key"]].add(call["result"])
-            asked[call["key"]] += 1
-    assert all(len(a) == 1 for a in answers.values())
+    captured_keys: dict[str, set[str]] = defaultdict(set)
+    for call in psp_calls(psp_log):
+        if call.op not in ("capture", "capture_status"):
+            continue
+        did[call.key].add(call.result)
+        if call.op == "capture":
+            asked[call.key] += 1
+        if call.result == "CAPTURED":
+            captured_keys[call.paymentOrderId or ""].add(call.key)
+    assert all(len(results) == 1 for results in did.values())
+    assert all(len(keys) == 1 for keys in captured_keys.values())  # never captured twice at the PSP
+    for o in orders:
+        po = public_payment_order_id(o["payment_order_id"])
+        assert (o["status"] == "CAPTURED") == (po in captured_keys), (po, o["status"])
     return {"orders": orders, "asked": asked}
 
 
@@ -127,7 +133,7 @@ async def test_killed_between_the_commit_and_the_retry_being_scheduled(
     service = ServiceProcess(settings)
     processes.append(service)
     # amounts ending in 13 retry on every attempt
-    service.crash("apply.after_commit=kill@2", lambda s: create(s, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13))
+    service.crash("capture.after_commit=kill@2", lambda s: create(s, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13))
     service.start()
     await wait_settled(fresh_database)
     outcome = await assert_consistent(fresh_database, log)
@@ -137,17 +143,17 @@ async def test_killed_between_the_commit_and_the_retry_being_scheduled(
     assert max(outcome["asked"].values()) <= 2
 
 
-async def test_killed_after_handling_before_the_relay_marked_rows_sent_then_everything_replayed(
+async def test_killed_after_handling_before_the_cursor_moved_then_everything_replayed(
     fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess]
 ) -> None:
     log = tmp_path / "psp.jsonl"
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
     service = ServiceProcess(settings)
     processes.append(service)
-    service.crash("relay.after_publish=kill@6", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
+    service.crash("relay.before_save=kill@6", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
     conn = await asyncpg.connect(fresh_database)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'CLAIMED'") > 0  # handled, unmarked
+        assert await outbox_backlog(conn) > 0  # handled, cursor not moved
     finally:
         await conn.close()
     service.start()
@@ -159,19 +165,17 @@ async def test_killed_after_handling_before_the_relay_marked_rows_sent_then_ever
     assert service.terminate() == 0
     conn = await asyncpg.connect(fresh_database)
     try:
-        replayed = await conn.fetchval(
-            "WITH r AS (UPDATE outbox SET status = 'NEW' RETURNING event_type) "
-            "SELECT count(*) FROM r WHERE event_type = 'payment_order_capture_requested'"
-        )
+        replayed = await conn.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'capture_payment_order'")
+        await conn.execute("UPDATE outbox_cursors SET tx = '0', id = 0")
         service.start()
         deadline = time.monotonic() + 30
-        while await conn.fetchval("SELECT count(*) FROM outbox WHERE status <> 'SENT'"):
+        while await outbox_backlog(conn):
             assert time.monotonic() < deadline, "replay not delivered"
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
     after = await assert_consistent(fresh_database, log)
-    assert replayed >= len(before["orders"])  # every capture command came again
+    assert replayed > 0  # capture commands came again (and every PaymentAuthorized)
     assert after["asked"] == before["asked"]  # not one more PSP call
     assert [tuple(o) for o in after["orders"]] == [tuple(o) for o in before["orders"]]
 

@@ -11,14 +11,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.harness import Service, payment_body, start_service
+from marketplace_pay.shared.ids import public_payment_order_id as public
+from tests.harness import Service, payment_body, psp_calls, start_service
 
 TERMINAL_PAYMENT = {"CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED"}
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
 
 def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
-    return settings_for(dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20} | overrides))
+    settings = settings_for(dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20} | overrides))
+    return settings.with_(psp_call_log=settings.data_dir / f"psp-{uuid.uuid4().hex[:6]}.jsonl")
 
 
 async def create_payments(svc: Service, count: int, *, seed: int = 1, amount: Any = None) -> list[str]:
@@ -61,27 +63,28 @@ async def test_normal_scenario_every_payment_finishes_and_matches_what_the_psp_s
         orders = await svc.fetch("SELECT payment_order_id, payment_id, status, retry_count, amount_minor FROM payment_orders")
         payments = await svc.fetch("SELECT payment_id, status, captured_amount_minor, orders_open FROM payments")
         finalized = await svc.fetch(
-            "SELECT msg_key, count(*) AS n FROM outbox WHERE event_type = 'payment_order_finalized' GROUP BY msg_key"
+            """SELECT msg_key, count(DISTINCT event_id) AS n FROM outbox
+               WHERE event_type = 'payment_order_finalized' GROUP BY msg_key"""
         )
-        calls = svc.container.psp_log.calls("capture")
+        calls = psp_calls(settings.psp_call_log, "capture")
 
     assert len(payments) == 200 and all(p["status"] in TERMINAL_PAYMENT and p["orders_open"] == 0 for p in payments)
     assert orders and {o["status"] for o in orders} <= {"CAPTURED", "CAPTURE_FAILED"}
     assert len(finalized) == len(orders) and {f["n"] for f in finalized} == {1}
 
-    by_order: dict[int, list[str]] = defaultdict(list)
-    for _, key, result in calls:
-        by_order[int(key.split(":")[0])].append(result)
+    by_order: dict[str, list[str]] = defaultdict(list)
+    for call in calls:
+        by_order[call.paymentOrderId or ""].append(call.result)
     assert max(len(v) for v in by_order.values()) <= 6
     captured_by_psp = {o for o, results in by_order.items() if "CAPTURED" in results}
     failed_by_psp = {
         o for o, results in by_order.items() if "DECLINED" in results or results == ["RETRYABLE"] * 6
     }
-    assert {o["payment_order_id"] for o in orders if o["status"] == "CAPTURED"} == captured_by_psp
-    assert {o["payment_order_id"] for o in orders if o["status"] == "CAPTURE_FAILED"} == failed_by_psp
+    assert {public(o["payment_order_id"]) for o in orders if o["status"] == "CAPTURED"} == captured_by_psp
+    assert {public(o["payment_order_id"]) for o in orders if o["status"] == "CAPTURE_FAILED"} == failed_by_psp
     # each order was sent to the PSP once per attempt, and its retry count says how often it retried
     for o in orders:
-        assert len(by_order[o["payment_order_id"]]) == o["retry_count"] + 1
+        assert len(by_order[public(o["payment_order_id"])]) == o["retry_count"] + 1
     # the roll-up: captured amount = the captured orders; status follows
     captured: Counter[int] = Counter()
     for o in orders:
@@ -147,7 +150,7 @@ async def test_redis_flushed_with_retries_pending_loses_none(fresh_database: str
         await svc.resources.redis.delete(retries.queue_key, retries.inflight_key)  # Redis lost them
         await wait_all_terminal(svc, ids, timeout=60)
         orders = await svc.fetch("SELECT status, retry_count FROM payment_orders")
-        calls = Counter(key.split(":")[0] for _, key, _ in svc.container.psp_log.calls("capture"))
+        calls = Counter(c.paymentOrderId for c in psp_calls(settings.psp_call_log, "capture"))
     assert {(o["status"], o["retry_count"]) for o in orders} == {("CAPTURE_FAILED", 5)}
     assert set(calls.values()) == {6}
 
@@ -172,10 +175,8 @@ async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: s
             await asyncio.sleep(0.35)
             await asyncio.gather(*(svc.container.dispatch_due_retries() for _ in range(4)))
         await wait_all_terminal(svc, ids, timeout=30)
-        commands = await svc.fetch(
-            "SELECT event_id FROM outbox WHERE event_type = 'payment_order_capture_requested'"
-        )
+        commands = await svc.fetch("SELECT event_id FROM outbox WHERE event_type = 'capture_payment_order'")
         orders = await svc.fetchval("SELECT count(*) FROM payment_orders WHERE status = 'CAPTURE_FAILED' AND retry_count = 5")
-        calls = Counter(key for _, key, _ in svc.container.psp_log.calls("capture"))
-    assert len(commands) == orders * 6
+        calls = Counter(c.key for c in psp_calls(settings.psp_call_log, "capture"))
+    assert len(commands) == len({c["event_id"] for c in commands}) == orders * 5  # one command per retry
     assert set(calls.values()) == {1}  # every (order, attempt) reached the PSP once

@@ -41,8 +41,7 @@ async def pay_many(svc: Service, count: int, *, seed: int, currency_of: Any = No
 async def settled(svc: Service, n: int, timeout: float = 120) -> None:
     async def done() -> bool:
         finished = await svc.fetchval("SELECT count(*) FROM payments WHERE status = ANY($1::text[])", list(TERMINAL))
-        pending_events = await svc.fetchval("SELECT count(*) FROM outbox WHERE status <> 'SENT'")
-        return finished >= n and pending_events == 0
+        return finished >= n and await svc.backlog() == 0
 
     await svc.until(done, timeout=timeout, interval=0.2)
 
@@ -68,9 +67,9 @@ async def test_500_payments_seller_balances_equal_captures_minus_commission(fres
         for code in ("AUTH_RECEIVABLE.GLOBAL.EUR", "AUTH_LIABILITY.GLOBAL.EUR"):
             assert (await svc.container.read_balance(code)).balance_minor == 0
         assert await svc.container.balance_store.auth_drift(finished_before_s=0) == []  # every payment, now
-        # everything folded: the horizon is the last journal
-        folds = await svc.fetchval("SELECT folded_seq FROM balance_horizon")
-        assert folds == await svc.fetchval("SELECT max(seq) FROM journal_entries")
+        # everything folded: the horizon is past the last journal's transaction
+        await svc.container.fold_balances()
+        assert await svc.fetchval("SELECT folded_tx > (SELECT max(tx) FROM journal_entries) FROM balance_horizon")
 
 
 async def test_reconcile_reports_an_authorization_left_open(fresh_database: str, settings_for: Any) -> None:
@@ -81,7 +80,6 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
         assert (await svc.container.reconcile(grace_s=0)).ok
         # A capture recorded for too little (a bug elsewhere): the hold is not fully released.
         async with svc.resources.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", 0x4D500004)
             seq = await conn.fetchval(
                 "INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, source_event_id) "
                 "VALUES ('ADJ:auth', 'ADJUSTMENT', 'test', 'EUR', $1, 'test') RETURNING seq",
@@ -239,7 +237,7 @@ async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_databas
         from marketplace_pay.infra.codec import decode_envelope
         from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
 
-        rows = await svc.fetch("SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY id")
+        rows = await svc.fetch("SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY tx, id")
         events = [decode_envelope(r["payload"], LedgerEntriesRecorded) for r in rows]
         [apply] = [s.handler for s in svc.container.subscriptions if s.event is LedgerEntriesRecorded]
         before = {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
@@ -256,16 +254,16 @@ async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_databas
 async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_folded(
     fresh_database: str, settings_for: Any
 ) -> None:
-    """The seed's watermark dropped entries whose ledger id was below an already-merged one
-    (concurrent writers on GLOBAL accounts). Here a journal that holds its seq open while a later
-    one commits and is folded is still folded afterwards."""
+    """A watermark on ledger ids drops entries whose id is below an already-merged one
+    (concurrent writers on GLOBAL accounts). Here a journal that holds its seq open while later
+    ones commit and are folded is not folded before it commits — and is folded after; nobody
+    waits for it meanwhile."""
     async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)) as svc:
         pool = svc.resources.pool
         slow = await pool.acquire()
         try:
             tx = slow.transaction()
             await tx.start()
-            await slow.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", 0x4D500004)
             early_seq = await slow.fetchval(
                 "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
                 "VALUES ('ADJ:slow', 'ADJUSTMENT', 'slow writer', 'EUR', 'test') RETURNING seq"
@@ -276,16 +274,18 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
                           ('ADJ:slow', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 777, -777, 'EUR')""",
                 early_seq,
             )
+            early_tx = await slow.fetchval("SELECT pg_current_xact_id()")
             await pay_many(svc, 3, seed=2)  # later journals, committed while ADJ:slow is still open
             await svc.until(lambda: svc.fetchval("SELECT count(*) > 3 FROM journal_entries"), timeout=20)
-            fold = asyncio.create_task(svc.container.fold_balances())
-            await asyncio.sleep(0.3)
-            assert not fold.done()  # the fence waits for the open writer...
+            folded = await asyncio.wait_for(svc.container.fold_balances(), timeout=2)  # nobody waits
+            assert folded is not None and folded.horizon <= early_tx  # the open writer holds the horizon back
+            assert await svc.fetchval("SELECT count(*) FROM postings WHERE tx >= $1", folded.horizon) >= 2
             await tx.commit()
         finally:
             await pool.release(slow)
-        folded = await fold
-        assert folded is not None and folded.horizon > early_seq  # ...and then folds it too
+        folded = await svc.container.fold_balances()
+        assert folded is not None and folded.horizon > early_tx  # ...and once it committed, it is folded too
+        assert early_seq
         await settled(svc, 3)
         await svc.container.fold_balances()
         report = await svc.container.reconcile()

@@ -1,4 +1,4 @@
-"""The transactional outbox, the relay and the inbox against a real PostgreSQL."""
+"""The transactional outbox, the relay and the delivery machinery against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
 import pytest
 
+from marketplace_pay.infra import partitions
 from marketplace_pay.infra.db import CHURNING_TABLES, create_pool, vacuum_if_autovacuum_off
-from marketplace_pay.infra.dispatch import Dispatcher, PgDeadLetters
+from marketplace_pay.infra.dead_letters import PgDeadLetters
+from marketplace_pay.infra.dispatch import Dispatcher
 from marketplace_pay.infra.locks import SessionLocks, run_exclusive
 from marketplace_pay.infra.memory_bus import InMemoryEventBus
-from marketplace_pay.infra.outbox import OutboxRelay
+from marketplace_pay.infra.outbox import SHARDS, append_to_outbox, shard_of
+from marketplace_pay.infra.relay import OutboxRelay
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.shared.bus import Message, Subscription
 from marketplace_pay.shared.envelope import Envelope, Event, envelope
@@ -43,7 +46,8 @@ def ping(key: str, n: int) -> Envelope[Pinged]:
 @pytest.fixture
 async def pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(fresh_database, min_size=1, max_size=10, application_name="test-outbox")
-    await pool.execute("CREATE TABLE effects (event_id text, consumer text)")
+    async with pool.acquire() as conn:
+        await partitions.ensure_partitions(conn, partitions.OUTBOX, now=datetime.now(UTC))
     yield pool
     await pool.close()
 
@@ -61,6 +65,9 @@ class Recorder:
     async def __call__(self, batch: Sequence[Envelope[Pinged]]) -> None:
         self.seen.extend(batch)
 
+    def ids(self) -> list[str]:
+        return [e.event_id for e in self.seen]
+
 
 def new_bus(pool: asyncpg.Pool, *handlers: tuple[str, Any], partitions: int = 4) -> InMemoryEventBus:
     bus = InMemoryEventBus(Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=3), partitions=partitions)
@@ -69,33 +76,55 @@ def new_bus(pool: asyncpg.Pool, *handlers: tuple[str, Any], partitions: int = 4)
     return bus
 
 
-async def wait_sent(pool: asyncpg.Pool, count: int, timeout: float = 15) -> None:
+async def backlog(pool: asyncpg.Pool) -> int:
+    return int(
+        await pool.fetchval(
+            """SELECT count(*) FROM outbox o JOIN outbox_cursors c USING (shard)
+               WHERE (o.tx, o.id) > (c.tx, c.id)"""
+        )
+    )
+
+
+async def wait_handled(pool: asyncpg.Pool, timeout: float = 15) -> None:
+    """Until every shard's cursor is past every row (everything handled and recorded)."""
     deadline = time.monotonic() + timeout
-    while await pool.fetchval("SELECT count(*) FROM outbox WHERE status = 'SENT'") < count:
+    while await backlog(pool):
         if time.monotonic() > deadline:
-            rows = await pool.fetch("SELECT status, count(*) FROM outbox GROUP BY status")
-            raise AssertionError(f"not all sent: {[tuple(r) for r in rows]}")
+            raise AssertionError(f"{await backlog(pool)} rows not handled")
         await asyncio.sleep(0.02)
 
 
-async def test_relay_publishes_committed_rows_in_key_order_and_marks_them_sent(pool: asyncpg.Pool) -> None:
+async def running(relay: OutboxRelay, *buses: InMemoryEventBus) -> None:
+    for bus in buses:
+        await bus.start()
+    await relay.start()
+
+
+async def stopped(relay: OutboxRelay, *buses: InMemoryEventBus) -> None:
+    await relay.stop()
+    for bus in buses:
+        await bus.stop()
+
+
+async def test_relay_publishes_committed_rows_in_key_order_and_moves_the_cursors(pool: asyncpg.Pool) -> None:
     recorder = Recorder()
     bus = new_bus(pool, ("recorder", recorder))
     relay = OutboxRelay(pool, bus, locks=None, batch_size=7, poll_ms=50)
-    await bus.start()
-    relay.ensure_running()
+    await running(relay, bus)
     try:
         for n in range(20):
-            await commit(pool, [ping(f"k{k}", n) for k in range(5)], on_commit=relay.wake)
-        await wait_sent(pool, 100)
+            await commit(pool, [ping(f"k{k}", n) for k in range(5)], on_commit=relay.committed)
+        await wait_handled(pool)
     finally:
-        await relay.stop()
-        await bus.stop()
+        await stopped(relay, bus)
     by_key: dict[str, list[int]] = defaultdict(list)
     for e in recorder.seen:
         by_key[e.data.key].append(e.data.n)
     assert all(ns == list(range(20)) for ns in by_key.values()), by_key
     assert len(recorder.seen) == 100
+    moved = await pool.fetchval("SELECT count(*) FROM outbox_cursors WHERE id > 0")
+    assert moved == len({shard_of(f"k{k}") for k in range(5)})
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 100  # rows are never updated nor deleted
 
 
 async def test_uncommitted_events_are_never_published(pool: asyncpg.Pool) -> None:
@@ -109,87 +138,108 @@ async def test_the_relay_is_woken_by_the_commit_not_by_polling(pool: asyncpg.Poo
     recorder = Recorder()
     bus = new_bus(pool, ("recorder", recorder))
     relay = OutboxRelay(pool, bus, locks=None, poll_ms=60_000)
-    await bus.start()
-    relay.ensure_running()
+    await running(relay, bus)
     try:
-        await asyncio.sleep(0.2)  # the relay found nothing and sleeps for a minute
+        await asyncio.sleep(0.3)  # the relay found nothing and sleeps for a minute
         started = time.monotonic()
-        await commit(pool, [ping("k", 1)], on_commit=relay.wake)
-        await wait_sent(pool, 1, timeout=5)
+        await commit(pool, [ping("k", 1)], on_commit=relay.committed)
+        await wait_handled(pool, timeout=5)
         assert time.monotonic() - started < 1.0
     finally:
-        await relay.stop()
-        await bus.stop()
+        await stopped(relay, bus)
 
 
-async def test_two_relays_never_publish_a_row_twice(pool: asyncpg.Pool) -> None:
-    """Both relays believe they lead (as during a fail-over); SKIP LOCKED claims keep them apart."""
-    first, second = Recorder(), Recorder()
-    bus_a, bus_b = new_bus(pool, ("a", first)), new_bus(pool, ("b", second))
-    relays = [
-        OutboxRelay(pool, bus_a, locks=None, batch_size=20, relay_id="relay-a"),
-        OutboxRelay(pool, bus_b, locks=None, batch_size=20, relay_id="relay-b"),
-    ]
-    await commit(pool, [ping(f"k{i % 50}", i) for i in range(2000)])
-    await bus_a.start()
-    await bus_b.start()
-    for relay in relays:
-        relay.ensure_running()
+async def test_a_transaction_that_commits_late_is_neither_skipped_nor_waited_for(pool: asyncpg.Pool) -> None:
+    """A transaction that got its id first but commits last puts its row *behind* rows already
+    read. It is delivered when it commits (not skipped), delivery of the others does not wait for
+    it, and the saved cursor stays behind it meanwhile (a restart would read it again)."""
+    recorder = Recorder()
+    bus = new_bus(pool, ("recorder", recorder))
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
+    await running(relay, bus)
+    slow = await pool.acquire()
     try:
-        await wait_sent(pool, 2000, timeout=30)
+        tx = slow.transaction()
+        await tx.start()
+        slow_xid = await slow.fetchval("SELECT pg_current_xact_id()")  # the older transaction id
+        await commit(pool, [ping("k", 2)], on_commit=relay.committed)  # later in time, same shard
+        deadline = time.monotonic() + 5
+        while recorder.ids() != ["k:2"]:  # delivered, not held back by the open transaction
+            assert time.monotonic() < deadline, recorder.ids()
+            await asyncio.sleep(0.02)
+        await append_to_outbox(slow, [ping("k", 1)])
+        await asyncio.sleep(0.3)
+        cursor = await pool.fetchval("SELECT tx FROM outbox_cursors WHERE shard = $1", shard_of("k"))
+        assert cursor < slow_xid  # a restart now would read what the open transaction may add
+        await tx.commit()
+        await wait_handled(pool)
     finally:
-        for relay in relays:
-            await relay.stop()
-        await bus_a.stop()
-        await bus_b.stop()
-    ids_a = [e.event_id for e in first.seen]
-    ids_b = [e.event_id for e in second.seen]
-    assert len(ids_a) + len(ids_b) == 2000
-    assert not set(ids_a) & set(ids_b)
-    assert ids_a and ids_b  # both relays worked
-    assert await pool.fetchval("SELECT max(attempts) FROM outbox") == 1
+        await pool.release(slow)
+        await stopped(relay, bus)
+    assert recorder.ids() == ["k:2", "k:1"]  # in commit order; the late row was not skipped
 
 
-async def test_one_relay_leads_and_a_standby_takes_over_the_dead_leaders_claims(
+async def test_two_relays_share_the_shards_and_one_takes_over_when_the_other_dies(
     pool: asyncpg.Pool, fresh_database: str
 ) -> None:
-    locks_a = SessionLocks(fresh_database, application_name="relay-a")
-    locks_b = SessionLocks(fresh_database, application_name="relay-b")
-    await locks_a.start()
-    await locks_b.start()
-    rec_a, rec_b = Recorder(), Recorder()
-    bus_a, bus_b = new_bus(pool, ("x", rec_a)), new_bus(pool, ("x", rec_b))
-    a = OutboxRelay(pool, bus_a, locks=locks_a, poll_ms=50, relay_id="relay-a")
-    b = OutboxRelay(pool, bus_b, locks=locks_b, poll_ms=50, relay_id="relay-b")
-    await bus_a.start()
-    await bus_b.start()
-    a.ensure_running()
-    await asyncio.sleep(0.3)
-    b.ensure_running()
+    locks = [SessionLocks(fresh_database, application_name=f"relay-{x}") for x in "ab"]
+    for lock in locks:
+        await lock.start()
+    recorders = [Recorder(), Recorder()]
+    buses = [new_bus(pool, ("x", r)) for r in recorders]
+    relays = [
+        OutboxRelay(pool, bus, locks=lock, poll_ms=20, live_instances=lambda: asyncio.sleep(0, 2))
+        for bus, lock in zip(buses, locks, strict=True)
+    ]
+    for relay, bus in zip(relays, buses, strict=True):
+        await running(relay, bus)
     try:
-        await commit(pool, [ping("k", 1)], on_commit=a.wake)
-        await wait_sent(pool, 1)
-        assert a.leading and not b.leading
-        assert [e.event_id for e in rec_a.seen] == ["k:1"] and rec_b.seen == []
+        deadline = time.monotonic() + 10
+        while len(relays[0].leading) + len(relays[1].leading) < SHARDS or not relays[0].leading or not relays[1].leading:
+            assert time.monotonic() < deadline, "the shards were not shared"
+            await asyncio.sleep(0.05)
+        assert not relays[0].leading & relays[1].leading
+        await commit(pool, [ping(f"k{i % 40}", i) for i in range(400)])
+        await wait_handled(pool)
+        assert len(recorders[0].seen) + len(recorders[1].seen) == 400
+        assert recorders[0].seen and recorders[1].seen  # both relays worked
 
-        # The leader dies holding a claim: its session (and lock) vanish with it.
-        await commit(pool, [ping("k", 2)])
-        await pool.execute("UPDATE outbox SET status = 'CLAIMED', claimed_by = 'relay-a' WHERE event_id = 'k:2'")
-        await a.stop()
-        await pool.execute("UPDATE outbox SET status = 'CLAIMED', claimed_by = 'relay-a' WHERE event_id = 'k:2'")
-        await pool.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-a:locks'"
-        )
-        await wait_sent(pool, 2, timeout=10)
-        assert b.leading
-        assert [e.event_id for e in rec_b.seen] == ["k:2"]
+        # relay a dies: its lock session goes with it; b takes every shard and what a left
+        await relays[0].stop()
+        await buses[0].stop()
+        await commit(pool, [ping(f"k{i % 40}", i) for i in range(400, 600)])
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-a:locks'")
+        relays[1]._live_instances = lambda: asyncio.sleep(0, 1)  # type: ignore[method-assign]
+        await wait_handled(pool, timeout=20)
+        assert len(relays[1].leading) == SHARDS
     finally:
-        await a.stop()
-        await b.stop()
-        await bus_a.stop()
-        await bus_b.stop()
-        await locks_a.stop()
-        await locks_b.stop()
+        for relay, bus in zip(relays, buses, strict=True):
+            await stopped(relay, bus)
+        for lock in locks:
+            await lock.stop()
+    seen = Counter(recorders[0].ids() + recorders[1].ids())
+    assert set(seen) == {f"k{i % 40}:{i}" for i in range(600)}
+
+
+async def test_a_crash_before_the_cursor_moved_delivers_again(pool: asyncpg.Pool) -> None:
+    first = Recorder()
+    bus = new_bus(pool, ("x", first))
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
+    await commit(pool, [ping("k", n) for n in range(5)])
+    await running(relay, bus)
+    await wait_handled(pool)
+    await stopped(relay, bus)
+    # as if the process died after the handlers ran but before the cursor was saved
+    await pool.execute("UPDATE outbox_cursors SET tx = '0', id = 0")
+    second = Recorder()
+    bus = new_bus(pool, ("x", second))
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
+    await running(relay, bus)
+    try:
+        await wait_handled(pool)
+    finally:
+        await stopped(relay, bus)
+    assert first.ids() == second.ids() == [f"k:{n}" for n in range(5)]
 
 
 class FlakyBus(InMemoryEventBus):
@@ -206,105 +256,75 @@ class FlakyBus(InMemoryEventBus):
         return await super().publish(messages)
 
 
-async def test_a_failed_publish_goes_back_to_new_and_is_retried(pool: asyncpg.Pool) -> None:
+async def test_a_failed_publish_is_read_again_in_order(pool: asyncpg.Pool) -> None:
     recorder = Recorder()
     bus = FlakyBus(Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=3))
     bus.subscribe(Subscription("r", Pinged, recorder))
     relay = OutboxRelay(pool, bus, locks=None, poll_ms=50)
     await commit(pool, [ping("k", 1), ping("k", 2)])
-    await bus.start()
-    relay.ensure_running()
+    await running(relay, bus)
     try:
-        await wait_sent(pool, 2)
+        await wait_handled(pool)
     finally:
-        await relay.stop()
-        await bus.stop()
+        await stopped(relay, bus)
     assert [e.data.n for e in recorder.seen] == [1, 2]
-    rows = await pool.fetch("SELECT attempts, last_error FROM outbox ORDER BY id")
-    assert [r["attempts"] for r in rows] == [2, 2]
-    assert all(r["last_error"] is None for r in rows)
 
 
-async def test_sent_rows_are_pruned_after_the_retention(pool: asyncpg.Pool) -> None:
-    await commit(pool, [ping("k", n) for n in range(3)])
-    await pool.execute("UPDATE outbox SET status = 'SENT', sent_at = now() - interval '2 hours' WHERE event_id = 'k:0'")
-    await pool.execute("UPDATE outbox SET status = 'SENT', sent_at = now() WHERE event_id = 'k:1'")
-    relay = OutboxRelay(pool, new_bus(pool), locks=None)
-    assert await relay.prune(retention_s=3600) == 1
-    assert [r["event_id"] for r in await pool.fetch("SELECT event_id FROM outbox ORDER BY id")] == ["k:1", "k:2"]
-    assert await relay.backlog() == 1
+async def test_partitions_are_dropped_only_once_every_cursor_is_past_them(pool: asyncpg.Pool) -> None:
+    table = partitions.OUTBOX
+    old_start = table.start_of(datetime.now(UTC) - timedelta(hours=2))
+    old = table.partition_name(old_start)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            f"CREATE TABLE {old} PARTITION OF outbox FOR VALUES FROM ('{old_start.isoformat()}') "
+            f"TO ('{(old_start + timedelta(seconds=table.width_s)).isoformat()}')"
+        )
+        await conn.execute(
+            "INSERT INTO outbox (shard, created_at, event_id, event_type, topic, msg_key, payload) "
+            "VALUES ($1, $2, 'old:1', 'pinged', 't', 'old', '{}')",
+            shard_of("old"),
+            old_start + timedelta(seconds=1),
+        )
+        await partitions.maintain_queue_tables(conn, outbox_retention_s=600, responses_ttl_hours=48)
+        assert old in await partitions.partitions(conn, table)  # not handled yet: kept
+        await conn.execute("UPDATE outbox_cursors SET tx = (SELECT max(tx) FROM outbox), id = (SELECT max(id) FROM outbox)")
+        await partitions.maintain_queue_tables(conn, outbox_retention_s=600, responses_ttl_hours=48)
+        remaining = await partitions.partitions(conn, table)
+    assert old not in remaining
+    assert table.partition_name(table.start_of(datetime.now(UTC))) in remaining  # the current one, and ahead
+    assert len(remaining) >= table.ahead + 1
 
 
-async def test_an_event_id_is_written_once_even_when_emitted_twice(pool: asyncpg.Pool) -> None:
-    await commit(pool, [ping("k", 1)])
-    await commit(pool, [ping("k", 1), ping("k", 2)])
-    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
-
-
-# -- inbox: idempotent handlers -------------------------------------------------------------
-
-
-def effect_handler(pool: asyncpg.Pool, consumer: str) -> Any:
-    async def handle(batch: Sequence[Envelope[Pinged]]) -> None:
-        async with PgUnitOfWork(pool) as uow:
-            fresh = await uow.claim_inbox(consumer, [e.event_id for e in batch])
-            for e in batch:
-                if e.event_id in fresh:
-                    await uow.connection.execute("INSERT INTO effects VALUES ($1, $2)", e.event_id, consumer)
-            await uow.commit()
-
-    return handle
-
-
-async def test_a_redelivered_event_has_no_second_effect(pool: asyncpg.Pool) -> None:
-    handle = effect_handler(pool, "effects")
-    event = ping("k", 1)
-    await handle([event])
-    await handle([event])
-    await handle([event, ping("k", 2), event])
-    rows = await pool.fetch("SELECT event_id FROM effects ORDER BY event_id")
-    assert [r["event_id"] for r in rows] == ["k:1", "k:2"]
-
-
-async def test_concurrent_duplicates_apply_once(pool: asyncpg.Pool) -> None:
-    handle = effect_handler(pool, "effects")
-    events = [ping("k", n) for n in range(20)]
-    await asyncio.gather(*(handle(events) for _ in range(8)))
-    counts = Counter(r["event_id"] for r in await pool.fetch("SELECT event_id FROM effects"))
-    assert set(counts.values()) == {1} and len(counts) == 20
-
-
-async def test_a_rolled_back_handler_leaves_no_inbox_row(pool: asyncpg.Pool) -> None:
-    async with PgUnitOfWork(pool) as uow:
-        assert await uow.claim_inbox("effects", ["k:9"]) == {"k:9"}
-        # crash before commit
-    async with PgUnitOfWork(pool) as uow:
-        assert await uow.claim_inbox("effects", ["k:9"]) == {"k:9"}
-        await uow.commit()
-
-
-async def test_poison_events_are_isolated_and_dead_lettered(pool: asyncpg.Pool) -> None:
+async def test_poison_events_are_isolated_dead_lettered_and_replayable(pool: asyncpg.Pool) -> None:
     good: list[str] = []
+    fixed = False
 
     async def picky(batch: Sequence[Envelope[Pinged]]) -> None:
-        if any(e.data.n == 13 for e in batch):
+        if not fixed and any(e.data.n == 13 for e in batch):
             raise ValueError("cannot handle 13")
         good.extend(e.event_id for e in batch)
 
     bus = new_bus(pool, ("picky", picky), partitions=1)
-    relay = OutboxRelay(pool, bus, locks=None, poll_ms=50)
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
     await commit(pool, [ping("k", n) for n in range(20)])
-    await bus.start()
-    relay.ensure_running()
+    await running(relay, bus)
     try:
-        await wait_sent(pool, 20)
+        await wait_handled(pool)
+        assert sorted(good, key=lambda s: int(s.split(":")[1])) == [f"k:{n}" for n in range(20) if n != 13]
+        dead_letters = PgDeadLetters(pool)
+        [dead] = await dead_letters.list()
+        assert (dead.consumer, dead.event_id, dead.attempts) == ("picky", "k:13", 3)
+        assert "cannot handle 13" in dead.error
+        assert await dead_letters.gauge() == 1
+        fixed = True  # the bug is fixed: replay it
+        [replayed] = await dead_letters.replay(consumer="picky")
+        assert replayed.replayed_at is not None
+        await wait_handled(pool)
+        assert "k:13" in good
+        assert await dead_letters.list() == [] and await dead_letters.gauge() == 0
+        assert [d.event_id for d in await dead_letters.list(include_replayed=True)] == ["k:13"]
     finally:
-        await relay.stop()
-        await bus.stop()
-    assert sorted(good, key=lambda s: int(s.split(":")[1])) == [f"k:{n}" for n in range(20) if n != 13]
-    dead = await pool.fetch("SELECT consumer, event_id, attempts, error FROM dead_letters")
-    assert [(d["consumer"], d["event_id"], d["attempts"]) for d in dead] == [("picky", "k:13", 3)]
-    assert "cannot handle 13" in dead[0]["error"]
+        await stopped(relay, bus)
 
 
 async def test_transient_failures_are_retried_without_dead_lettering(pool: asyncpg.Pool) -> None:
@@ -317,35 +337,53 @@ async def test_transient_failures_are_retried_without_dead_lettering(pool: async
                 raise ConnectionError("database restarting")
 
     bus = new_bus(pool, ("flaky", flaky), partitions=1)
-    relay = OutboxRelay(pool, bus, locks=None, poll_ms=50)
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
     await commit(pool, [ping("k", 1)])
-    await bus.start()
-    relay.ensure_running()
+    await running(relay, bus)
     try:
-        await wait_sent(pool, 1)
+        await wait_handled(pool)
     finally:
-        await relay.stop()
-        await bus.stop()
+        await stopped(relay, bus)
     assert attempts["k:1"] == 5
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
 
 
+async def test_an_unordered_subscription_runs_batches_at_once(pool: asyncpg.Pool) -> None:
+    running_now = peak = 0
+
+    async def slow(batch: Sequence[Envelope[Pinged]]) -> None:
+        nonlocal running_now, peak
+        running_now += 1
+        peak = max(peak, running_now)
+        await asyncio.sleep(0.05)
+        running_now -= 1
+
+    bus = InMemoryEventBus(Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=3), partitions=1)
+    bus.subscribe(Subscription("slow", Pinged, slow, batch_max=2, ordered=False, concurrency=5))
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20, batch_size=50)
+    await commit(pool, [ping(f"k{n}", n) for n in range(40)])
+    await running(relay, bus)
+    try:
+        await wait_handled(pool)
+    finally:
+        await stopped(relay, bus)
+    assert peak == 5
+
+
 async def test_queue_tables_are_vacuumed_when_the_server_does_not(pool: asyncpg.Pool) -> None:
-    await commit(pool, [ping("k", i) for i in range(50)])
-    await pool.execute("UPDATE outbox SET status = 'SENT', sent_at = now()")  # dead tuples, as the relay leaves them
     autovacuum = await pool.fetchval("SELECT current_setting('autovacuum')::boolean")
-
     vacuumed = await run_exclusive(pool, "db-vacuum", vacuum_if_autovacuum_off)
-
     if autovacuum:
         assert vacuumed == []
         return
     assert vacuumed == list(CHURNING_TABLES)
+    plain = [t for t in CHURNING_TABLES if t not in {p.name for p in partitions.TABLES}]  # parents keep no statistics
     rows = await pool.fetch(
-        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[]) AND last_vacuum IS NOT NULL",
-        list(CHURNING_TABLES),
+        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY($1::text[]) AND last_vacuum IS NOT NULL", plain
     )
-    assert sorted(r["relname"] for r in rows) == sorted(CHURNING_TABLES)
+    assert sorted(r["relname"] for r in rows) == sorted(plain)
+    current = partitions.OUTBOX.partition_name(partitions.OUTBOX.start_of(datetime.now(UTC)))
+    assert await pool.fetchval("SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = $1", current)
 
 
 async def test_a_job_lock_never_stays_on_a_pooled_connection(pool: asyncpg.Pool) -> None:
@@ -353,7 +391,8 @@ async def test_a_job_lock_never_stays_on_a_pooled_connection(pool: asyncpg.Pool)
     also when the job is cancelled half-way."""
 
     async def held() -> int:
-        return await pool.fetchval("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        return await pool.fetchval(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
             "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
         )
 

@@ -7,7 +7,7 @@ import secrets
 import asyncpg
 import redis.asyncio as aioredis
 
-from marketplace_pay.bootstrap import claim_redis
+from marketplace_pay.infra.resources import claim_redis
 from marketplace_pay.infra.db import create_pool
 
 

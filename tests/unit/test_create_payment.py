@@ -11,14 +11,8 @@ import pytest
 from marketplace_pay.ledger.application.directory import OnboardSeller
 from marketplace_pay.ledger.domain.accounts import AccountStatus
 from marketplace_pay.payments.adapters.http import render
-from marketplace_pay.payments.application.create_payment import (
-    CreatePayment,
-    Created,
-    IdempotencyRequest,
-    LineRequest,
-    Replayed,
-)
-from marketplace_pay.payments.application.ports import AuthorizationOutcome
+from marketplace_pay.payments.application.create_payment import CreatePayment, Created, LineRequest, Replayed
+from marketplace_pay.payments.application.ports import AuthorizationOutcome, Keyed
 from marketplace_pay.payments.domain.payment import PaymentStatus
 from marketplace_pay.shared.errors import ConflictError, UnprocessableError, ValidationError
 from marketplace_pay.shared.money import Currency, Money
@@ -38,6 +32,7 @@ def cmd(
     order: str = "ORDER-1",
     key: str | None = None,
     fingerprint: bytes = b"same",
+    client: str = "tests",
 ) -> CreatePayment:
     lines = lines or [("SELLER-111", eur(1000)), ("SELLER-222", eur(2000))]
     return CreatePayment(
@@ -46,7 +41,7 @@ def cmd(
         total=total or Money(sum(m.amount_minor for _, m in lines), lines[0][1].currency),
         lines=[LineRequest(s, m) for s, m in lines],
         trace_id="0" * 32,
-        idempotency=None if key is None else IdempotencyRequest("tests", key, hashlib.sha256(fingerprint).digest()),
+        keyed=Keyed(client, key, None if key is None else hashlib.sha256(fingerprint).digest()),
     )
 
 
@@ -61,7 +56,7 @@ async def test_approved_payment_is_authorized_with_one_event_in_the_outbox() -> 
     result = await w.create(cmd())
     assert isinstance(result, Created) and not result.replayed
     assert result.payment.status is PaymentStatus.AUTHORIZED
-    [event] = w.db.state.outbox
+    [event] = w.db.tables.outbox
     assert event.event_type == "payment_authorized"
     assert [line.payment_order_id for line in event.data.payment_lines] == [
         str(line.payment_order_id) for line in result.payment.lines
@@ -73,7 +68,7 @@ async def test_declined_payment_has_no_event() -> None:
     w = World(AuthorizationOutcome.DECLINED)
     result = await w.create(cmd())
     assert isinstance(result, Created) and result.payment.status is PaymentStatus.DECLINED
-    assert w.db.state.outbox == []
+    assert w.db.tables.outbox == []
     assert render(result.payment)[0] == 402
 
 
@@ -82,12 +77,12 @@ async def test_psp_timeout_leaves_pending_auth_and_the_resolver_finishes_it() ->
     w.psp.hang = True
     result = await w.create(cmd())
     assert isinstance(result, Created) and result.payment.status is PaymentStatus.PENDING_AUTH
-    assert w.db.state.outbox == []
+    assert w.db.tables.outbox == []
     w.clock.advance(ms=5000)
     assert await w.container.resolve_pending_authorizations() == 1
-    stored = w.db.state.payments[result.payment.payment_id].payment
+    stored = w.db.tables.payments[result.payment.payment_id].payment
     assert stored.status is PaymentStatus.AUTHORIZED
-    assert [e.event_type for e in w.db.state.outbox] == ["payment_authorized"]
+    assert [e.event_type for e in w.db.tables.outbox] == ["payment_authorized"]
     assert await w.container.resolve_pending_authorizations() == 0  # nothing left pending
 
 
@@ -110,7 +105,7 @@ async def test_invalid_requests_write_nothing(command: CreatePayment, error: typ
     with pytest.raises(error) as raised:
         await w.create(command)
     assert raised.value.errors[0].field == field  # type: ignore[attr-defined]
-    assert w.db.state.payments == {} and w.psp.calls == []
+    assert w.db.tables.payments == {} and w.psp.calls == []
 
 
 async def test_duplicate_sellers_are_reported_before_a_wrong_sum() -> None:
@@ -135,7 +130,7 @@ async def test_business_key_repeat_returns_the_payment_without_a_second_authoriz
     again = await w.create(cmd())
     assert isinstance(first, Created) and isinstance(again, Created)
     assert again.replayed and again.payment.payment_id == first.payment.payment_id
-    assert len(w.psp.calls) == 1 and len(w.db.state.payments) == 1
+    assert len(w.psp.calls) == 1 and len(w.db.tables.payments) == 1
 
 
 async def test_idempotency_key_replays_the_first_response() -> None:
@@ -166,10 +161,48 @@ async def test_idempotency_key_in_progress_is_409_and_a_new_key_is_a_new_payment
     # Same buyer/order/amount under another key: a new attempt (e.g. after a decline).
     other = await w.create(cmd(key="k2"))
     assert isinstance(other, Created) and not other.replayed
-    assert len(w.db.state.payments) == 2
+    assert len(w.db.tables.payments) == 2
 
 
-async def test_a_failed_request_releases_its_key() -> None:
+async def test_the_key_decides_before_the_sellers() -> None:
+    """A repeat of a keyed request is answered from what was stored, even after its seller was
+    suspended — a client retrying after a lost response must not be told to pay again."""
+    w = World()
+    first = await w.create(cmd(key="k1"))
+    await w.sellers.set_status("SELLER-222", AccountStatus.SUSPENDED)
+    w.clock.advance(ms=5000)  # the directory cache has moved on
+    again = await w.create(cmd(key="k1"))
+    assert isinstance(first, Created) and isinstance(again, Replayed)
+    assert msgspec.json.decode(again.body)["paymentId"] == first.payment.public_id
+    with pytest.raises(UnprocessableError, match="different request"):
+        await w.create(cmd(key="k1", fingerprint=b"other"))
+    with pytest.raises(UnprocessableError, match="sellers cannot be paid"):
+        await w.create(cmd(key="k2"))
+
+
+async def test_a_key_used_with_another_body_is_422_after_its_response_is_gone() -> None:
+    w = World()
+    first = await w.create(cmd(key="k1"))
+    assert isinstance(first, Created)
+    w.db.tables.responses.clear()  # the kept response expired (retention)
+    with pytest.raises(UnprocessableError, match="different request"):
+        await w.create(cmd(key="k1", fingerprint=b"other", total=eur(3000), buyer="BUYER-2"))
+    again = await w.create(cmd(key="k1"))
+    assert isinstance(again, Created) and again.replayed and again.payment.payment_id == first.payment.payment_id
+    assert len(w.psp.calls) == 1 and len(w.db.tables.payments) == 1
+
+
+async def test_keys_and_business_keys_belong_to_the_client() -> None:
+    w = World()
+    a = await w.create(cmd(key="k1", client="shop-a"))
+    b = await w.create(cmd(key="k1", client="shop-b", fingerprint=b"other"))
+    c = await w.create(cmd(client="shop-a"))
+    d = await w.create(cmd(client="shop-b"))
+    ids = {r.payment.payment_id for r in (a, b, c, d) if isinstance(r, Created) and not r.replayed}
+    assert len(ids) == 4 and len(w.psp.calls) == 4
+
+
+async def test_a_failed_request_leaves_a_pending_payment_for_the_resolver() -> None:
     w = World()
 
     async def boom(**_: object) -> AuthorizationOutcome:
@@ -178,4 +211,5 @@ async def test_a_failed_request_releases_its_key() -> None:
     w.psp.authorize = boom  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         await w.create(cmd(key="k1"))
-    assert ("tests", "k1") not in w.db.state.keys
+    [stored] = w.db.tables.payments.values()
+    assert stored.payment.status is PaymentStatus.PENDING_AUTH  # committed before the PSP call

@@ -4,13 +4,12 @@ import msgspec
 import pytest
 
 from marketplace_pay.infra.codec import decode_envelope, encode
+from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
 from marketplace_pay.payments.domain.events import (
+    CapturePaymentOrder,
     PaymentAuthorized,
     PaymentLineData,
-    PaymentOrderCaptureCommand,
-    PaymentOrderCreated,
     PaymentOrderFinalized,
-    PaymentOrderPspResultUpdated,
 )
 from marketplace_pay.shared.envelope import envelope
 from marketplace_pay.shared.money import Currency, CurrencyMismatch, Money
@@ -34,7 +33,7 @@ def _order_fields() -> dict[str, object]:
         payment_id="10",
         public_payment_id="pay_AAAAAAAAAAo",
         seller_id="SELLER-111",
-        amount_value=1000,
+        amount_minor=1000,
         currency="EUR",
         timestamp=NOW,
     )
@@ -49,7 +48,7 @@ def _order_fields() -> dict[str, object]:
                 public_payment_id="pay_AAAAAAAAAAo",
                 buyer_id="b",
                 order_id="o",
-                total_amount_value=1000,
+                total_amount_minor=1000,
                 currency="EUR",
                 payment_lines=[PaymentLineData("11", "po_AAAAAAAAAAs", "SELLER-111", 1000, "EUR")],
                 authorized_at=NOW,
@@ -58,24 +57,23 @@ def _order_fields() -> dict[str, object]:
             "10",
             "payment_authorized_topic",
         ),
-        (PaymentOrderCreated(**_order_fields()), "po_AAAAAAAAAAs:payment_order_created", "11", "payment_order_created_topic"),
         (
-            PaymentOrderCaptureCommand(**_order_fields(), attempt=3),
-            "po_AAAAAAAAAAs:payment_order_capture_requested:3",
+            CapturePaymentOrder(**_order_fields(), attempt=3),
+            "po_AAAAAAAAAAs:capture:3",
             "11",
             "payment_order_capture_request_queue_topic",
-        ),
-        (
-            PaymentOrderPspResultUpdated(**_order_fields(), psp_status="PENDING_CAPTURE", attempt=2),
-            "po_AAAAAAAAAAs:payment_order_psp_result_updated:PENDING_CAPTURE:2",
-            "11",
-            "payment_order_psp_result_updated_topic",
         ),
         (
             PaymentOrderFinalized(**_order_fields(), status="CAPTURED"),
             "po_AAAAAAAAAAs:payment_order_finalized:CAPTURED",
             "11",
             "payment_order_finalized_topic",
+        ),
+        (
+            LedgerEntriesRecorded(ledger_batch_id="ledger-batch:po_AAAAAAAAAAs:CAPTURED", payment_id="10", ledger_entries=[], seller_id="SELLER-111"),
+            "ledger-batch:po_AAAAAAAAAAs:CAPTURED:ledger_entries_recorded",
+            "SELLER-111",
+            "ledger_entries_recorded_topic",
         ),
     ],
 )
@@ -87,9 +85,9 @@ def test_deterministic_event_ids_keys_and_topics(event, event_id: str, key: str,
 
 
 def test_root_events_are_their_own_parent_and_children_inherit_the_trace() -> None:
-    root = envelope(PaymentOrderCreated(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="a" * 32, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    root = envelope(PaymentOrderFinalized(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="a" * 32, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
     assert root.parent_event_id == root.event_id
-    child = envelope(PaymentOrderCaptureCommand(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="ignored", caused_by=root)
+    child = envelope(CapturePaymentOrder(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="ignored", caused_by=root)
     assert (child.parent_event_id, child.trace_id, child.traceparent) == (root.event_id, "a" * 32, root.traceparent)
 
 

@@ -22,7 +22,7 @@ R = CaptureResult
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def order(status: PaymentOrderStatus = S.INITIATED_PENDING, retry: int = 0) -> PaymentOrder:
+def order(status: PaymentOrderStatus = S.INITIATED_PENDING, retry: int = 0, key: int = 0, unknown: bool = False) -> PaymentOrder:
     return PaymentOrder(
         payment_order_id=7,
         payment_id=6,
@@ -30,6 +30,8 @@ def order(status: PaymentOrderStatus = S.INITIATED_PENDING, retry: int = 0) -> P
         amount=Money(1000, Currency.EUR),
         status=status,
         retry_count=retry,
+        psp_key_attempt=key,
+        psp_outcome_unknown=unknown,
         created_at=T0,
         updated_at=T0,
     )
@@ -44,32 +46,47 @@ def test_request_capture_only_from_initiated() -> None:
             order(status, retry).request_capture(T0)
 
 
-# (status, retry_count, result, attempt) → new status, new retry_count; None = refused
+# (status, retry, key attempt, answer, attempt) → (status, retry, key attempt, unknown); None = refused.
+# max_retries = 5. The key changes only after a definite "not captured"; an unanswered call keeps
+# it; past the retries, the order asks for the status of its last key and only a definite answer ends it.
 TABLE = [
-    (S.CAPTURE_REQUESTED, 0, R.CAPTURED, 0, (S.CAPTURED, 0)),
-    (S.CAPTURE_REQUESTED, 0, R.CAPTURE_FAILED, 0, (S.CAPTURE_FAILED, 0)),
-    (S.CAPTURE_REQUESTED, 0, R.PENDING_CAPTURE, 0, (S.PENDING_CAPTURE, 1)),
-    (S.PENDING_CAPTURE, 1, R.CAPTURED, 1, (S.CAPTURED, 1)),
-    (S.PENDING_CAPTURE, 3, R.CAPTURE_FAILED, 3, (S.CAPTURE_FAILED, 3)),
-    (S.PENDING_CAPTURE, 4, R.PENDING_CAPTURE, 4, (S.PENDING_CAPTURE, 5)),
-    (S.PENDING_CAPTURE, 5, R.PENDING_CAPTURE, 5, (S.CAPTURE_FAILED, 5)),  # 6th PSP call: exhausted
-    (S.PENDING_CAPTURE, 5, R.CAPTURED, 5, (S.CAPTURED, 5)),
+    (S.CAPTURE_REQUESTED, 0, 0, R.CAPTURED, 0, (S.CAPTURED, 0, 0, False)),
+    (S.CAPTURE_REQUESTED, 0, 0, R.DECLINED, 0, (S.CAPTURE_FAILED, 0, 0, False)),
+    (S.CAPTURE_REQUESTED, 0, 0, R.RETRYABLE, 0, (S.PENDING_CAPTURE, 1, 1, False)),  # new key
+    (S.CAPTURE_REQUESTED, 0, 0, R.UNKNOWN, 0, (S.PENDING_CAPTURE, 1, 0, True)),  # same key again
+    (S.PENDING_CAPTURE, 1, 0, R.CAPTURED, 1, (S.CAPTURED, 1, 0, False)),  # the repeat learnt it was captured
+    (S.PENDING_CAPTURE, 1, 0, R.UNKNOWN, 1, (S.PENDING_CAPTURE, 2, 0, True)),
+    (S.PENDING_CAPTURE, 2, 0, R.RETRYABLE, 2, (S.PENDING_CAPTURE, 3, 3, False)),
+    (S.PENDING_CAPTURE, 3, 1, R.DECLINED, 3, (S.CAPTURE_FAILED, 3, 1, False)),
+    (S.PENDING_CAPTURE, 4, 4, R.RETRYABLE, 4, (S.PENDING_CAPTURE, 5, 5, False)),
+    (S.PENDING_CAPTURE, 5, 5, R.RETRYABLE, 5, (S.CAPTURE_FAILED, 5, 5, False)),  # 6th call, definite: exhausted
+    (S.PENDING_CAPTURE, 5, 5, R.CAPTURED, 5, (S.CAPTURED, 5, 5, False)),
+    (S.PENDING_CAPTURE, 5, 3, R.UNKNOWN, 5, (S.PENDING_CAPTURE, 6, 3, True)),  # exhausted on an unknown: never failed
+    (S.PENDING_CAPTURE, 6, 3, R.UNKNOWN, 6, (S.PENDING_CAPTURE, 7, 3, True)),  # status query unanswered: ask again
+    (S.PENDING_CAPTURE, 7, 3, R.CAPTURED, 7, (S.CAPTURED, 7, 3, False)),  # status: it was captured
+    (S.PENDING_CAPTURE, 7, 3, R.RETRYABLE, 7, (S.CAPTURE_FAILED, 7, 3, False)),  # status: not captured
+    (S.PENDING_CAPTURE, 7, 3, R.DECLINED, 7, (S.CAPTURE_FAILED, 7, 3, False)),
     # refused: stale or future attempts, terminal orders, orders not yet requested
-    (S.PENDING_CAPTURE, 2, R.CAPTURED, 1, None),
-    (S.PENDING_CAPTURE, 2, R.PENDING_CAPTURE, 3, None),
-    (S.CAPTURE_REQUESTED, 0, R.CAPTURED, 1, None),
-    (S.CAPTURED, 0, R.CAPTURE_FAILED, 0, None),
-    (S.CAPTURED, 2, R.PENDING_CAPTURE, 2, None),
-    (S.CAPTURE_FAILED, 1, R.CAPTURED, 1, None),
-    (S.INITIATED_PENDING, 0, R.CAPTURED, 0, None),
+    (S.PENDING_CAPTURE, 2, 2, R.CAPTURED, 1, None),
+    (S.PENDING_CAPTURE, 2, 2, R.RETRYABLE, 3, None),
+    (S.CAPTURE_REQUESTED, 0, 0, R.CAPTURED, 1, None),
+    (S.CAPTURED, 0, 0, R.DECLINED, 0, None),
+    (S.CAPTURED, 2, 2, R.UNKNOWN, 2, None),
+    (S.CAPTURE_FAILED, 1, 1, R.CAPTURED, 1, None),
+    (S.INITIATED_PENDING, 0, 0, R.CAPTURED, 0, None),
 ]
 
 
-@pytest.mark.parametrize(("status", "retry", "result", "attempt", "expected"), TABLE)
+@pytest.mark.parametrize(("status", "retry", "key", "result", "attempt", "expected"), TABLE)
 def test_apply_result(
-    status: PaymentOrderStatus, retry: int, result: CaptureResult, attempt: int, expected: tuple[PaymentOrderStatus, int] | None
+    status: PaymentOrderStatus,
+    retry: int,
+    key: int,
+    result: CaptureResult,
+    attempt: int,
+    expected: tuple[PaymentOrderStatus, int, int, bool] | None,
 ) -> None:
-    o = order(status, retry)
+    o = order(status, retry, key, unknown=status is S.PENDING_CAPTURE and retry > 5)
     now = T0 + timedelta(seconds=5)
     if expected is None:
         assert not o.expects(attempt)
@@ -79,11 +96,32 @@ def test_apply_result(
         return
     assert o.expects(attempt)
     assert o.apply_result(result, attempt=attempt, now=now, max_retries=5, retry_delay_ms=1000) is expected[0]
-    assert (o.status, o.retry_count) == expected
+    assert (o.status, o.retry_count, o.psp_key_attempt, o.psp_outcome_unknown) == expected
+    assert o.psp_key == f"{o.public_id}:{expected[2]}"
     if o.status is S.PENDING_CAPTURE:
         assert o.next_retry_at == now + timedelta(milliseconds=1000)
+        assert o.asks_status(5) is (o.retry_count > 5)
     else:
         assert o.next_retry_at is None
+
+
+def test_a_key_can_only_capture_once_along_any_path() -> None:
+    """Whatever the PSP answers, a new key is only taken after a definite "not captured": so of
+    all the keys an order ever used, at most one can have captured."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        o = order(S.CAPTURE_REQUESTED)
+        definite_not_captured: set[int] = set()
+        while not o.status.terminal:
+            key = o.psp_key_attempt
+            result = rng.choice(list(R))
+            if result is R.RETRYABLE:
+                definite_not_captured.add(key)
+            o.apply_result(result, attempt=o.retry_count, now=T0, max_retries=5, retry_delay_ms=1)
+            if o.status is S.PENDING_CAPTURE and o.psp_key_attempt != key:
+                assert key in definite_not_captured  # the old key was never left while it might have captured
+            if o.retry_count > 40:
+                break
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """The simulated PSP: seed scenarios, determinism per idempotency key, test values."""
 
+import asyncio
+import json
+import time
 from collections import Counter
 
 import pytest
@@ -7,6 +10,7 @@ import pytest
 from marketplace_pay.payments.adapters.psp import (
     AUTH_SCENARIOS,
     CAPTURE_SCENARIOS,
+    CallLog,
     TIMEOUT_SLEEP_MS,
     SimulatedAuthorizationGateway,
     SimulatedCaptureGateway,
@@ -74,10 +78,39 @@ async def test_authorization_test_values_win_in_every_scenario(scenario: str) ->
     assert await sim.authorization_status(payment_id=2, buyer_id="TIMEOUT-1", amount=eur(10)) is AuthorizationOutcome.APPROVED
 
 
-async def test_calls_are_logged_by_operation_and_result() -> None:
-    sim = SimulatedCaptureGateway("BEST_PSP_EVER", seed=0)
-    await sim.capture(idempotency_key="po:1:0", amount=eur(1000))
-    await sim.capture(idempotency_key="po:2:0", amount=eur(1066))
+async def test_calls_are_logged_by_operation_and_result(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = CallLog(tmp_path / "psp.jsonl")
+    sim = SimulatedCaptureGateway("BEST_PSP_EVER", seed=0, log=log)
+    await sim.capture(idempotency_key="po_A:0", payment_order_id="po_A", amount=eur(1000))
+    await sim.capture(idempotency_key="po_B:0", payment_order_id="po_B", amount=eur(1066))
     assert sim.log.counts[("capture", "CAPTURED")] == 1
     assert sim.log.counts[("capture", "DECLINED")] == 1
-    assert sim.log.calls("capture", "po:2:0") == [("capture", "po:2:0", "DECLINED")]
+    lines = [json.loads(line) for line in (tmp_path / "psp.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"op": "capture", "key": "po_A:0", "paymentOrderId": "po_A", "result": "CAPTURED", "answered": True},
+        {"op": "capture", "key": "po_B:0", "paymentOrderId": "po_B", "result": "DECLINED", "answered": True},
+    ]
+
+
+async def test_a_capture_whose_caller_gave_up_still_happened_and_a_repeat_replays_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Like a real PSP: the capture happens when the request arrives. The caller that stopped
+    waiting learns it by asking again with the same key (a quick replay) or by a status query."""
+    log = CallLog(tmp_path / "psp.jsonl")
+    sim = SimulatedCaptureGateway("PEAK", seed=0, log=log)
+    key = next(
+        f"po_X:{i}" for i in range(1000)
+        if sim.outcome(f"po_X:{i}", eur(1000)) [0] is CaptureOutcome.CAPTURED and sim.outcome(f"po_X:{i}", eur(1000))[1] >= TIMEOUT_SLEEP_MS
+    )
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await sim.capture(idempotency_key=key, payment_order_id="po_X", amount=eur(1000))
+    started = time.monotonic()
+    assert await sim.capture(idempotency_key=key, payment_order_id="po_X", amount=eur(1000)) is CaptureOutcome.CAPTURED
+    assert time.monotonic() - started < 0.2  # a replay, not another 5-second capture
+    assert await sim.capture_status(idempotency_key=key, payment_order_id="po_X", amount=eur(1000)) is CaptureOutcome.CAPTURED
+    lines = [json.loads(line) for line in (tmp_path / "psp.jsonl").read_text().splitlines()]
+    assert [(x["op"], x["result"], x["answered"]) for x in lines] == [
+        ("capture", "CAPTURED", False),
+        ("capture", "CAPTURED", True),
+        ("capture_status", "CAPTURED", True),
+    ]

@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers, reconcile."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ def _settings() -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import contextlib
+    import os
     from collections.abc import Iterator
 
     import uvicorn
 
-    from marketplace_pay.entrypoints.http import create_app
     from marketplace_pay.infra.logs import setup_logging
 
     class DrainingServer(uvicorn.Server):
@@ -46,29 +46,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
-    config = uvicorn.Config(
-        create_app(settings=settings),
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    workers = args.workers or settings.workers or os.cpu_count() or 1
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
         # longer than clients keep idle connections (httpx: 5 s, the same as uvicorn's default,
         # which races: the client reuses a connection the server is closing, and a POST fails)
-        timeout_keep_alive=75,
-        backlog=2048,
-    )
-    server = DrainingServer(config)
-    server.run()
-    return 0 if server.started else 1
+        "timeout_keep_alive": 75,
+        "backlog": 2048,
+    }
+    if workers == 1:
+        from marketplace_pay.entrypoints.http import create_app
+
+        server = DrainingServer(uvicorn.Config(create_app(settings=settings), **common))
+        server.run()
+        return 0 if server.started else 1
+
+    # Several workers share the listening socket; each runs the API, its share of the outbox
+    # shards and the jobs. The embedded services start (and migrations run) once, here.
+    from uvicorn.supervisors import Multiprocess
+
+    from marketplace_pay.infra.auth import resolve_jwt_secret
+    from marketplace_pay.infra.resources import resolve_services
+
+    dsn, redis_url, embedded_redis = asyncio.run(resolve_services(settings))
+    os.environ.update(DATABASE_URL=dsn, REDIS_URL=redis_url, MP_SUPERVISED="1")
+    if not settings.jwt_jwks_url:
+        os.environ["MP_JWT_SECRET"] = resolve_jwt_secret(settings.jwt_secret, settings.data_dir)
+    config = uvicorn.Config("marketplace_pay.entrypoints.http:create_app", factory=True, workers=workers, **common)
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if embedded_redis is not None:
+            embedded_redis.stop()
+    return 0
 
 
 async def _with_db(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, migrated: bool = True) -> T:
-    from marketplace_pay.bootstrap import resolve_dsn
     from marketplace_pay.infra.db import migrate
+    from marketplace_pay.infra.resources import resolve_dsn
 
     conn = await asyncpg.connect(await resolve_dsn(settings))
     try:
@@ -167,7 +189,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from marketplace_pay.balances.adapters.postgres import PgBalanceStore
     from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
     from marketplace_pay.balances.application.balances import drift_report, reconcile
-    from marketplace_pay.bootstrap import open_stores
+    from marketplace_pay.infra.resources import open_stores
     from marketplace_pay.shared.clock import SystemClock
 
     settings = _settings()
@@ -208,6 +230,45 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """List dead letters, or put them back into the outbox to be delivered again."""
+    from marketplace_pay.infra.dead_letters import PgDeadLetters
+    from marketplace_pay.infra.resources import open_stores
+
+    settings = _settings()
+
+    async def run() -> int:
+        stores = await open_stores(settings)
+        try:
+            dead_letters = PgDeadLetters(stores.pool)
+            if args.action == "list":
+                found = await dead_letters.list(consumer=args.consumer, include_replayed=args.all, limit=args.limit)
+            else:
+                if not args.id and not args.consumer:
+                    print("error: say which: --id N (repeatable) or --consumer NAME", file=sys.stderr)
+                    return 2
+                found = await dead_letters.replay(ids=args.id or (), consumer=args.consumer)
+        finally:
+            await stores.close()
+        for d in found:
+            if args.json:
+                print(json.dumps({
+                    "id": d.id, "consumer": d.consumer, "eventId": d.event_id, "eventType": d.event_type,
+                    "key": d.key, "attempts": d.attempts, "error": d.error, "createdAt": d.created_at.isoformat(),
+                    "replayedAt": d.replayed_at.isoformat() if d.replayed_at else None,
+                }))
+            else:
+                state = f"replayed {d.replayed_at:%Y-%m-%d %H:%M:%S}" if d.replayed_at else "waiting"
+                print(f"{d.id:>6}  {d.consumer}  {d.event_type}  {d.event_id}  attempts={d.attempts}  {state}")
+                print(f"        {d.error[:300]}")
+        if not args.json:
+            verb = "listed" if args.action == "list" else "put back into the outbox"
+            print(f"{len(found)} dead letter(s) {verb}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketplace-pay", description="Payments, ledger and balances for marketplaces")
     sub = p.add_subparsers(dest="command", required=True)
@@ -215,6 +276,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API, the consumers and the jobs")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=int, default=0, help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per CPU core)"
+    )
     serve.set_defaults(fn=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
@@ -250,6 +314,19 @@ def parser() -> argparse.ArgumentParser:
         help="postings and finished payments younger than this may still be in flight (default 30)",
     )
     reconcile.set_defaults(fn=cmd_reconcile)
+
+    dead = sub.add_parser("dead-letters", help="events a handler gave up on: list them, replay them")
+    dead_actions = dead.add_subparsers(dest="action", required=True)
+    listing = dead_actions.add_parser("list", help="dead letters waiting for an operator")
+    listing.add_argument("--consumer", help="only this consumer's")
+    listing.add_argument("--all", action="store_true", help="include the ones already replayed")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = dead_actions.add_parser("replay", help="put dead letters back into the outbox (delivered again)")
+    replay.add_argument("--id", type=int, action="append", help="a dead letter's id (repeatable)")
+    replay.add_argument("--consumer", help="every waiting dead letter of this consumer")
+    replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    dead.set_defaults(fn=cmd_dead_letters)
     return p
 
 

@@ -8,7 +8,12 @@ shutdown — after uvicorn has drained in-flight requests.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,11 +27,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from marketplace_pay.balances.adapters.http import ROUTES as BALANCE_ROUTES
-from marketplace_pay.bootstrap import Container, bootstrap, open_resources
+from marketplace_pay.bootstrap import Container, bootstrap
+from marketplace_pay.infra.resources import open_resources
 from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS
 from marketplace_pay.entrypoints.jobs import running
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.openapi import component_schemas
+from marketplace_pay.infra.logs import setup_logging
 from marketplace_pay.infra.telemetry import server_span, setup_tracing
 from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
 from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
@@ -109,8 +116,23 @@ def attach(app: Litestar, container: Container) -> None:
     app.state.verifier = container.verifier
 
 
+def _worker_setup() -> Settings:
+    """In a worker of `serve --workers N` (a fresh process): logging, and death with the parent —
+    `kill -9` of the service must take its workers with it, as it takes a single process."""
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_format)
+    if os.environ.get("MP_SUPERVISED") == "1" and sys.platform == "linux":
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl: follow it
+            os.kill(os.getpid(), signal.SIGKILL)
+    return settings
+
+
 def create_app(container: Container | None = None, *, settings: Settings | None = None) -> Litestar:
     setup_tracing()
+    if container is None and settings is None:
+        settings = _worker_setup()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -124,6 +146,8 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
         try:
             async with running(active):
                 log.info("marketplace-pay ready", extra={"instance": active.settings.instance_name})
+                gc.collect()
+                gc.freeze()  # what start-up built lives for good: the collector need not scan it again
                 yield
         finally:
             if owned is not None:

@@ -35,13 +35,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection if it cannot confirm the unlock. asyncpg still rolls back an open transaction."""
 
 
-async def create_pool(
-    dsn: str, *, min_size: int, max_size: int, application_name: str, notify: bool = False
-) -> asyncpg.Pool:
-    """`notify`: outbox inserts NOTIFY other processes' relays (several processes, Kafka)."""
+async def create_pool(dsn: str, *, min_size: int, max_size: int, application_name: str) -> asyncpg.Pool:
     server_settings = {"application_name": application_name}
-    if notify:
-        server_settings["mp.notify"] = "on"
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -129,14 +124,14 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
 
 VACUUM_TIMEOUT_S = 1800  # the pool's command timeout (30 s) would cancel it on a bloated table
 
-# Tables rewritten all day (queues, status rows) and the insert-only ledger (statistics only
-# matter there: without them the planner guesses, and a guess once hashed the whole ledger).
+# Tables rewritten all day (status rows, cursors) and the insert-only ones whose statistics the
+# planner needs (without them it guesses, and a guess once hashed the whole ledger).
 CHURNING_TABLES = (
     "outbox",
-    "inbox",
+    "outbox_cursors",
     "payments",
     "payment_orders",
-    "idempotency_keys",
+    "idempotency_responses",
     "account_balances",
     "balance_horizon",
     "instance_leases",

@@ -131,25 +131,3 @@ class Dispatcher:
                 streak += 1
                 log.warning("could not store dead letter; retrying", exc_info=True)
                 await asyncio.sleep(_backoff_s(streak))
-
-
-class PgDeadLetters:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def record(self, *, consumer: str, message: Message, error: str, attempts: int) -> None:
-        await self._pool.execute(
-            """INSERT INTO dead_letters (consumer, event_id, event_type, topic, msg_key, payload, traceparent, error, attempts)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (consumer, event_id) DO UPDATE
-               SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, created_at = now()""",
-            consumer,
-            message.event_id,
-            message.event_type,
-            message.topic,
-            message.key,
-            message.value,
-            message.traceparent,
-            error[:8000],
-            attempts,
-        )

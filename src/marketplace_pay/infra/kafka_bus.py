@@ -5,9 +5,12 @@ Producing: acks=all, the outbox relay waits for the acknowledgement before marki
 There is no idempotent producer (the Tansu broker used in tests lacks it), so a retried send may
 duplicate a record; consumers are idempotent (inbox), which makes that harmless.
 
-Consuming: one consumer per subscription; each fetched partition batch goes through the
-dispatcher (retries, dead letters) and its offset is committed only after the handler's
-transaction committed. A crash in between redelivers the batch; the inbox absorbs it.
+Consuming: one consumer per subscription; the batches of the partitions fetched together are
+handled concurrently, each through the dispatcher (retries, dead letters), and a partition's
+offset is committed only after its handler's transaction committed. A crash in between
+redelivers the batch; the handlers' state guards absorb it. A consumer that fails unexpectedly
+leaves its group (so its partitions go to the other members at once) and joins again after a
+pause; it never sits in the group heartbeating while consuming nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.dispatch import Dispatcher
 from marketplace_pay.shared.bus import Message, Subscription
+from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +53,20 @@ class KafkaEventBus:
         client_id: str,
         topics: Sequence[str],
         topic_partitions: int = 0,
+        replication_factor: int = 0,
         session_timeout_ms: int = 10000,
     ) -> None:
+        """`replication_factor` 0: as many replicas as the cluster has brokers, up to 3."""
         self._dispatcher = dispatcher
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._topics = list(dict.fromkeys(topics))
         self._topic_partitions = topic_partitions
+        self._replication_factor = replication_factor
         self._session_timeout_ms = session_timeout_ms
         self._subscriptions: list[Subscription] = []
         self._producer: AIOKafkaProducer | None = None
-        self._consumers: list[AIOKafkaConsumer] = []
+        self.restarts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -75,8 +82,13 @@ class KafkaEventBus:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
+            replicas = self._replication_factor or min(3, max(1, len((await admin.describe_cluster())["brokers"])))
             wanted = [
-                NewTopic(t, num_partitions=self._topic_partitions or SEED_PARTITIONS.get(t, 12), replication_factor=1)
+                NewTopic(
+                    t,
+                    num_partitions=self._topic_partitions or SEED_PARTITIONS.get(t, 12),
+                    replication_factor=replicas,
+                )
                 for t in self._topics
                 if t not in existing
             ]
@@ -102,11 +114,11 @@ class KafkaEventBus:
         )
         await self._producer.start()
         # Group joins take a few seconds each: start every consumer at once.
-        self._consumers = [self._consumer(sub) for sub in self._subscriptions]
-        await asyncio.gather(*(c.start() for c in self._consumers))
+        consumers = [self._consumer(sub) for sub in self._subscriptions]
+        await asyncio.gather(*(c.start() for c in consumers))
         self._tasks = [
-            asyncio.create_task(self._consume(sub, c), name=f"kafka:{sub.consumer}")
-            for sub, c in zip(self._subscriptions, self._consumers, strict=True)
+            asyncio.create_task(self._supervise(sub, c), name=f"kafka:{sub.consumer}")
+            for sub, c in zip(self._subscriptions, consumers, strict=True)
         ]
 
     def _consumer(self, sub: Subscription) -> AIOKafkaConsumer:
@@ -129,12 +141,6 @@ class KafkaEventBus:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for consumer in self._consumers:
-            try:
-                await consumer.stop()
-            except KafkaError:
-                pass
-        self._consumers.clear()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -149,6 +155,31 @@ class KafkaEventBus:
             acks.append(await self._producer.send(m.topic, value=m.value, key=m.key.encode(), headers=headers))
         return asyncio.ensure_future(_all_acked(acks))
 
+    async def _supervise(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
+        """Run the consumer; after an unexpected failure, leave the group and join again."""
+        failures = 0
+        while True:
+            try:
+                await self._consume(sub, consumer)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a consumer must not die silently in its group
+                failures += 1
+                self.restarts += 1
+                log.exception("kafka consumer failed; leaving the group and joining again", extra={"consumer": sub.consumer})
+            finally:
+                try:
+                    await consumer.stop()  # leaves the group: its partitions are reassigned now
+                except Exception:  # noqa: BLE001
+                    pass
+            await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+            consumer = self._consumer(sub)
+            try:
+                await consumer.start()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("kafka consumer could not join again", extra={"consumer": sub.consumer}, exc_info=True)
+
     async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping:
             try:
@@ -157,21 +188,24 @@ class KafkaEventBus:
                 log.warning("kafka fetch failed", extra={"consumer": sub.consumer, "error": repr(exc)})
                 await asyncio.sleep(1)
                 continue
-            for tp, records in batches.items():
-                messages = [
-                    Message(
-                        topic=r.topic,
-                        key=(r.key or b"").decode(),
-                        event_id=_header(r.headers, "eventId") or "",
-                        event_type=_header(r.headers, "eventType") or "",
-                        value=r.value or b"",
-                        traceparent=_header(r.headers, "traceparent"),
-                    )
-                    for r in records
-                ]
-                await self._dispatcher.deliver(sub, messages)
-                await self._commit(sub, consumer, tp, records[-1].offset + 1)
+            await asyncio.gather(*(self._handle(sub, consumer, tp, records) for tp, records in batches.items()))
             await self._report_lag(sub, consumer)
+
+    async def _handle(self, sub: Subscription, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list) -> None:  # type: ignore[type-arg]
+        messages = [
+            Message(
+                topic=r.topic,
+                key=(r.key or b"").decode(),
+                event_id=_header(r.headers, "eventId") or "",
+                event_type=_header(r.headers, "eventType") or "",
+                value=r.value or b"",
+                traceparent=_header(r.headers, "traceparent"),
+            )
+            for r in records
+        ]
+        faults.hit("kafka.before_deliver")
+        await self._dispatcher.deliver(sub, messages)
+        await self._commit(sub, consumer, tp, records[-1].offset + 1)
 
     async def _commit(self, sub: Subscription, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
@@ -181,7 +215,6 @@ class KafkaEventBus:
             log.warning("kafka commit failed", extra={"consumer": sub.consumer, "error": repr(exc)})
 
     async def _report_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
-        lag = 0
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             position = consumer.last_stable_offset(tp) if highwater is None else highwater
@@ -190,8 +223,7 @@ class KafkaEventBus:
             except KafkaError:
                 continue
             if position is not None:
-                lag += max(0, position - current)
-        metrics.CONSUMER_LAG.labels(sub.consumer).set(lag)
+                metrics.CONSUMER_LAG.labels(sub.consumer, tp.topic, str(tp.partition)).set(max(0, position - current))
 
     async def ready(self) -> bool:
         if self._producer is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,14 +24,13 @@ log = logging.getLogger(__name__)
 NS_INSTANCE = 0x4D500001
 NS_RELAY = 0x4D500002
 NS_JOB = 0x4D500003
-NS_LEDGER_FENCE = 0x4D500004
 
 T = TypeVar("T")
 
 
 class SessionLocks:
     """One connection, serialized. If it breaks, every lock it held is gone: users learn it from
-    `generation` changing (and `on_lost` callbacks) and must re-acquire."""
+    `generation` changing and must re-acquire."""
 
     def __init__(self, dsn: str, *, application_name: str) -> None:
         self._dsn = dsn
@@ -40,7 +40,6 @@ class SessionLocks:
         self._held: set[tuple[int, int]] = set()
         self._listeners: dict[str, Callable[[], None]] = {}
         self.generation = 0
-        self.on_lost: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(
@@ -87,8 +86,6 @@ class SessionLocks:
             log.error("lost the lock connection; every session lock is gone", extra={"locks": len(self._held)})
         self._held.clear()
         self.generation += 1
-        for callback in self.on_lost:
-            callback()
 
     async def reconnect_if_needed(self) -> bool:
         """Reconnect after a loss. True if connected afterwards."""
@@ -178,8 +175,11 @@ class LeasedIdGenerator:
 
     Holding: a session advisory lock on the id plus a heartbeat row refreshed every
     `heartbeat_s`. Taking: only ids whose heartbeat is older than `stale_after_s`. Minting: only
-    while the last heartbeat succeeded less than `stale_after_s / 2` ago. So a process that
-    loses its session stops minting before anyone may take its id."""
+    while the last confirmed heartbeat was *sent* less than `stale_after_s / 2` ago (the lease
+    is only known to hold from the moment the request left, not from when the answer came back).
+    So a process that loses its session stops minting before anyone may take its id. The holder
+    name carries a random suffix per process, so a restarted process with the same instance name
+    (a container's fixed hostname) is a different holder and waits for the stale heartbeat too."""
 
     def __init__(
         self,
@@ -191,7 +191,7 @@ class LeasedIdGenerator:
         preferred: int | None = None,
     ) -> None:
         self._locks = locks
-        self._holder = holder
+        self._holder = f"{holder}#{os.urandom(3).hex()}"
         self.heartbeat_s = heartbeat_s
         self._stale_after_s = stale_after_s
         self._preferred = zlib.crc32(holder.encode()) % (MAX_INSTANCE + 1) if preferred is None else preferred
@@ -210,6 +210,7 @@ class LeasedIdGenerator:
         for candidate in ids[start:] + ids[:start]:
             if not await self._locks.try_lock(NS_INSTANCE, candidate):
                 continue
+            sent_at = time.monotonic()
             taken = await self._locks.fetchval(
                 """INSERT INTO instance_leases (instance_id, holder, heartbeat_at) VALUES ($1, $2, now())
                    ON CONFLICT (instance_id) DO UPDATE SET holder = EXCLUDED.holder, heartbeat_at = now()
@@ -224,7 +225,7 @@ class LeasedIdGenerator:
                 await self._locks.unlock(NS_INSTANCE, candidate)
                 continue
             self._generator = SnowflakeGenerator(candidate)
-            self._confirmed_at = time.monotonic()
+            self._confirmed_at = sent_at
             self._generation = self._locks.generation
             log.info("leased snowflake instance id", extra={"instanceId": candidate})
             return candidate
@@ -253,13 +254,14 @@ class LeasedIdGenerator:
             if await self._locks.reconnect_if_needed():
                 await self.acquire()
             return
+        sent_at = time.monotonic()
         updated = await self._locks.fetchval(
             "UPDATE instance_leases SET heartbeat_at = now() WHERE instance_id = $1 AND holder = $2 RETURNING 1",
             self._generator.instance_id,
             self._holder,
         )
         if updated:
-            self._confirmed_at = time.monotonic()
+            self._confirmed_at = sent_at
         else:
             log.error("snowflake lease row taken over; re-leasing")
             await self._locks.unlock(NS_INSTANCE, self._generator.instance_id)

@@ -1,8 +1,8 @@
 """The in-memory bus: the outbox relay's messages go to per-subscriber partition queues.
 
-Each subscription has `partitions` workers; a message goes to the worker of hash(key), so one
-key's messages are handled in order while other keys proceed in parallel — the same contract
-Kafka gives. `publish` resolves only when every subscriber has handled (committed, or
+Each ordered subscription has `partitions` workers; a message goes to the worker of hash(key),
+so one key's messages are handled in order while other keys proceed in parallel — the same
+contract Kafka gives. An unordered subscription has one queue and runs several batches at once. `publish` resolves only when every subscriber has handled (committed, or
 dead-lettered) every message, and only then does the relay mark the outbox rows sent: a crash
 before that leaves them unsent and they are delivered again after restart. Nothing is lost
 with the process, although the queues live in memory.
@@ -42,38 +42,62 @@ class _Ticket:
 
 
 class _Partition:
+    """One worker of a subscription: takes batches off its queue and delivers them. An ordered
+    subscription has one partition per key hash and one batch in flight per partition; an
+    unordered one has a single queue drained by `concurrency` batches at once."""
+
     def __init__(self, subscription: Subscription, dispatcher: Dispatcher) -> None:
         self.subscription = subscription
         self.dispatcher = dispatcher
         self.queue: deque[tuple[Message, _Ticket]] = deque()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.running: set[asyncio.Task[None]] = set()
 
     def put(self, message: Message, ticket: _Ticket) -> None:
         self.queue.append((message, ticket))
         self.wake.set()
 
     async def run(self) -> None:
-        batch_max = self.subscription.batch_max
+        sub = self.subscription
+        limit = 1 if sub.ordered else max(1, sub.concurrency)
+        room = asyncio.Event()
+        try:
+            while True:
+                if not self.queue:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                if len(self.running) >= limit:
+                    room.clear()
+                    await room.wait()
+                    continue
+                items = [self.queue.popleft() for _ in range(min(sub.batch_max, len(self.queue)))]
+                if limit == 1:
+                    await self._deliver(items)
+                    continue
+                task = asyncio.create_task(self._deliver(items))
+                self.running.add(task)
+                task.add_done_callback(lambda t: (self.running.discard(t), room.set()))
+        finally:
+            for task in list(self.running):
+                task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
+
+    async def _deliver(self, items: list[tuple[Message, _Ticket]]) -> None:
         while True:
-            if not self.queue:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            items = [self.queue.popleft() for _ in range(min(batch_max, len(self.queue)))]
             try:
                 await self.dispatcher.deliver(self.subscription, [m for m, _ in items])
+                break
             except asyncio.CancelledError:
                 # Not handled: put back so that stop() fails their tickets (the relay re-sends).
                 self.queue.extendleft(reversed(items))
                 raise
             except Exception:  # a bug in delivery itself: keep the messages, try again later
                 log.exception("delivery failed", extra={"consumer": self.subscription.consumer})
-                self.queue.extendleft(reversed(items))
                 await asyncio.sleep(1)
-                continue
-            for _, ticket in items:
-                ticket.done_one()
+        for _, ticket in items:
+            ticket.done_one()
 
 
 class InMemoryEventBus:
@@ -91,8 +115,9 @@ class InMemoryEventBus:
         consumers = {p[0].subscription.consumer for subs in self._by_topic.values() for p in subs}
         if subscription.consumer in consumers:
             raise ValueError(f"consumer {subscription.consumer!r} is already subscribed")
+        partitions = self._partitions if subscription.ordered else 1
         self._by_topic[subscription.event.topic].append(
-            [_Partition(subscription, self._dispatcher) for _ in range(self._partitions)]
+            [_Partition(subscription, self._dispatcher) for _ in range(partitions)]
         )
 
     async def start(self) -> None:
@@ -130,7 +155,7 @@ class InMemoryEventBus:
         for message, subs in routes:
             index = zlib.crc32(message.key.encode()) % self._partitions
             for group in subs:
-                group[index].put(message, ticket)
+                group[index % len(group)].put(message, ticket)
         return future
 
     async def ready(self) -> bool:

@@ -15,7 +15,9 @@ OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published and 
 OUTBOX_PUBLISH_FAILURES = Counter("outbox_publish_failures_total", "Outbox batches that failed to publish")
 PSP_CALLS = Counter("psp_calls_total", "PSP calls by operation and result", ["operation", "result"])
 RETRY_QUEUE_SIZE = Gauge("retry_queue_size", "Capture retries waiting in Redis", ["state"])
-CONSUMER_LAG = Gauge("consumer_lag", "Kafka consumer lag per consumer group", ["consumer"])
+CONSUMER_LAG = Gauge(
+    "consumer_lag", "Kafka consumer lag (records) per consumer group and partition", ["consumer", "topic", "partition"]
+)
 BALANCE_DRIFT = Gauge("balance_drift_accounts", "Accounts whose balance differs from the sum of their postings")
 BALANCE_DRIFT_MINOR = Gauge("balance_drift_minor_units", "Sum of absolute balance differences, minor units")
 HANDLED_EVENTS = Counter("handler_events_total", "Events handled", ["consumer"])
@@ -27,4 +29,9 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 DEAD_LETTERS = Counter("dead_letters_total", "Events dead-lettered", ["consumer"])
+DEAD_LETTERS_WAITING = Gauge("dead_letters_waiting", "Dead letters not replayed yet", ["consumer"])
+STUCK_ORDERS = Gauge("payment_orders_stuck", "Open payment orders that have not moved for longer than their schedule allows")
+STUCK_REDRIVEN = Counter("payment_orders_redriven_total", "Stuck payment orders the sweeper drove again")
+PSP_UNKNOWN = Gauge("psp_outcome_unknown_orders", "Payment orders whose last PSP call went unanswered")
+PSP_UNKNOWN_ANSWERS = Counter("psp_unknown_answers_total", "PSP calls that got no answer (timeout, unreachable)", ["operation"])
 PAYMENTS_CREATED = Counter("payments_created_total", "Payments created, by authorization result", ["status"])

@@ -1,70 +1,35 @@
-"""The Postgres unit of work: one transaction, the events it queues (outbox) and the events it
-consumed (inbox), committed together.
+"""The Postgres unit of work: one transaction and the events it queues (outbox), committed together.
 
     async with uow_factory() as uow:
-        fresh = await uow.claim_inbox("consumer", [e.event_id for e in batch])
-        ...                                  # state changes on uow.connection
+        ...                                  # state changes on uow.connection, guarded
         uow.publish(envelope(...))           # written to the outbox at commit
         await uow.commit()                   # one COMMIT; then the relay is woken
 
-Leaving the block without `commit()` rolls everything back, inbox rows included, so a
-redelivered event is processed again.
+Leaving the block without `commit()` rolls everything back. Handlers are idempotent by the
+guards of their state changes (an order only accepts the attempt it waits for, a journal id is
+recorded once), so an event delivered again changes nothing.
+
+Hot handlers do their whole effect in one statement instead (state change and outbox rows as
+data-modifying CTEs, see infra/outbox.py): one round trip, atomic without BEGIN/COMMIT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
 
-from marketplace_pay.infra.codec import encode
+from marketplace_pay.infra.outbox import append_to_outbox, shards
 from marketplace_pay.shared.envelope import Envelope
 
-_INSERT_OUTBOX = """
-INSERT INTO outbox (event_id, event_type, topic, msg_key, payload, traceparent)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
-ON CONFLICT (event_id) DO NOTHING
-"""
-
-_CLAIM_INBOX = """
-INSERT INTO inbox (consumer, event_id)
-SELECT $1, unnest($2::text[])
-ON CONFLICT DO NOTHING
-RETURNING event_id
-"""
-
-
-async def append_to_outbox(conn: asyncpg.Connection, envelopes: Sequence[Envelope[Any]]) -> None:
-    """Insert envelopes into the outbox, in order. An event id already there is skipped, so
-    re-emitting a deterministic event is harmless."""
-    if not envelopes:
-        return
-    await conn.execute(
-        _INSERT_OUTBOX,
-        [e.event_id for e in envelopes],
-        [e.event_type for e in envelopes],
-        [e.topic for e in envelopes],
-        [e.key for e in envelopes],
-        [encode(e) for e in envelopes],
-        [e.traceparent for e in envelopes],
-    )
-
-
-async def claim_inbox(conn: asyncpg.Connection, consumer: str, event_ids: Iterable[str]) -> set[str]:
-    """Record that `consumer` processes these events in the current transaction; returns the ids
-    not processed before. A concurrent transaction claiming the same id waits for this one and
-    then gets nothing, so an event is applied once even under concurrent duplicates."""
-    ids = list(dict.fromkeys(event_ids))
-    if not ids:
-        return set()
-    rows = await conn.fetch(_CLAIM_INBOX, consumer, ids)
-    return {r["event_id"] for r in rows}
+OnCommit = Callable[[Iterable[int]], None]
+"""Called after a commit with the outbox shards it wrote to (the relay wakes up)."""
 
 
 class PgUnitOfWork:
-    def __init__(self, pool: asyncpg.Pool, *, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, on_commit: OnCommit | None = None) -> None:
         self._pool = pool
         self._on_commit = on_commit
         self._connection: asyncpg.Connection | None = None
@@ -110,19 +75,10 @@ class PgUnitOfWork:
     def publish(self, *envelopes: Envelope[Any]) -> None:
         self._pending.extend(envelopes)
 
-    async def claim_inbox(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
-        return await claim_inbox(self.connection, consumer, event_ids)
-
-    async def seen(self, consumer: str, event_ids: Iterable[str]) -> set[str]:
-        rows = await self.connection.fetch(
-            "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])", consumer, list(event_ids)
-        )
-        return {r["event_id"] for r in rows}
-
     async def commit(self) -> None:
         pending, self._pending = self._pending, []
         await append_to_outbox(self.connection, pending)
         await self._tx.commit()
         self._committed = True
         if pending and self._on_commit is not None:
-            self._on_commit()
+            self._on_commit(shards(pending))

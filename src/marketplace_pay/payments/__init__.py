@@ -2,18 +2,6 @@
 
 Other contexts import only what is exposed here."""
 
-from marketplace_pay.payments.domain.events import (
-    PaymentAuthorized,
-    PaymentOrderCaptureCommand,
-    PaymentOrderCreated,
-    PaymentOrderFinalized,
-    PaymentOrderPspResultUpdated,
-)
+from marketplace_pay.payments.domain.events import CapturePaymentOrder, PaymentAuthorized, PaymentOrderFinalized
 
-__all__ = [
-    "PaymentAuthorized",
-    "PaymentOrderCaptureCommand",
-    "PaymentOrderCreated",
-    "PaymentOrderFinalized",
-    "PaymentOrderPspResultUpdated",
-]
+__all__ = ["CapturePaymentOrder", "PaymentAuthorized", "PaymentOrderFinalized"]

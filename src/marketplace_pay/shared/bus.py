@@ -33,15 +33,19 @@ Handler = Callable[[Sequence[Envelope[Any]]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """`consumer` names the handler: its inbox rows and its Kafka consumer group.
+    """`consumer` names the handler (and its Kafka consumer group).
 
-    The handler gets a batch of envelopes of `event` (in publish order per key) and must be
-    idempotent: a batch may be delivered again after a crash, whole or in part."""
+    The handler gets a batch of envelopes of `event` and must be idempotent: a batch may be
+    delivered again after a crash, whole or in part. `ordered`: events of one key are handled one
+    after the other, in publish order. An unordered subscription (its handler guards its own
+    state, and may wait on slow calls) runs up to `concurrency` batches at once."""
 
     consumer: str
     event: type[Event]
     handler: Handler
     batch_max: int = 200
+    ordered: bool = True
+    concurrency: int = 1
 
 
 class EventBus(Protocol):

@@ -1,4 +1,4 @@
-"""Postgres side of balances: the fold behind the ledger's commit fence, snapshots, checks."""
+"""Postgres side of balances: the fold up to the transaction-id horizon, snapshots, checks."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import logging
 
 import asyncpg
 
-from datetime import datetime
-
-from marketplace_pay.balances.application.balances import Drift, Folded, Snapshot
-from marketplace_pay.infra.locks import NS_JOB, NS_LEDGER_FENCE, job_lock_key, pooled_session_lock
+from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot, Unfolded
+from marketplace_pay.infra.locks import NS_JOB, job_lock_key, pooled_session_lock
 from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
@@ -17,56 +15,50 @@ log = logging.getLogger(__name__)
 FOLD_JOB = job_lock_key("balance-fold")
 
 
-class PgBalanceStore:
-    def __init__(self, pool: asyncpg.Pool, *, fence_timeout_ms: int = 2000) -> None:
-        self._pool = pool
-        self._fence_timeout_ms = fence_timeout_ms
+# Every posting written by a transaction below the horizon has committed (or never will): the
+# horizon is the oldest transaction still running when the statement starts.
+_FOLD = """
+WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon),
+folded AS (
+    INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
+    SELECT account_code, sum(signed_amount_minor), now()
+    FROM postings WHERE tx >= $1::xid8 AND tx < (SELECT horizon FROM h)
+    GROUP BY account_code
+    ON CONFLICT (account_code) DO UPDATE
+    SET balance_minor = b.balance_minor + EXCLUDED.balance_minor, updated_at = now()
+    RETURNING account_code
+)
+SELECT (SELECT horizon FROM h) AS horizon, coalesce(array_agg(account_code), '{}') AS accounts FROM folded
+"""
 
-    async def _fence(self, conn: asyncpg.Connection) -> int | None:
-        """The highest seq every journal at or below which has committed: wait (briefly) for
-        the ledger writers inside the fence, read the sequence, let them go again."""
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {int(self._fence_timeout_ms)}")
-                await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", NS_LEDGER_FENCE)
-                row = await conn.fetchrow("SELECT last_value, is_called FROM journal_seq")
-        except asyncpg.LockNotAvailableError:
-            log.warning("ledger writers did not leave the commit fence in time; fold skipped")
-            return None
-        return int(row["last_value"]) if row["is_called"] else 0
+
+class PgBalanceStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
 
     async def fold(self) -> Folded | None:
         async with self._pool.acquire() as conn, pooled_session_lock(conn, NS_JOB, FOLD_JOB) as got:
             if not got:
                 return None  # another process folds
-            horizon = await self._fence(conn)
-            if horizon is None:
-                return None
             async with conn.transaction():
-                previous = await conn.fetchval("SELECT folded_seq FROM balance_horizon FOR UPDATE")
+                previous = await conn.fetchval("SELECT folded_tx FROM balance_horizon FOR UPDATE")
+                row = await conn.fetchrow(_FOLD, previous)
+                horizon = row["horizon"]
                 if horizon <= previous:
                     return Folded(previous, [])
-                rows = await conn.fetch(
-                    """INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
-                       SELECT account_code, sum(signed_amount_minor), now()
-                       FROM postings WHERE seq > $1 AND seq <= $2
-                       GROUP BY account_code
-                       ON CONFLICT (account_code) DO UPDATE
-                       SET balance_minor = b.balance_minor + EXCLUDED.balance_minor, updated_at = now()
-                       RETURNING account_code""",
-                    previous,
-                    horizon,
-                )
                 faults.hit("balances.fold.before_commit")
-                await conn.execute("UPDATE balance_horizon SET folded_seq = $1, folded_at = now()", horizon)
-            return Folded(horizon, [r["account_code"] for r in rows])
+                await conn.execute(
+                    "UPDATE balance_horizon SET folded_tx = $1, folded_at = now()", horizon
+                )
+            return Folded(horizon, list(row["accounts"]))
 
     async def horizon(self) -> int:
-        return int(await self._pool.fetchval("SELECT folded_seq FROM balance_horizon"))
+        return int(await self._pool.fetchval("SELECT folded_tx FROM balance_horizon"))
 
     async def snapshot(self, account_code: str) -> Snapshot | None:
         row = await self._pool.fetchrow(
-            """SELECT a.account_code, a.currency, coalesce(b.balance_minor, 0) AS balance, h.folded_seq, b.updated_at
+            """SELECT a.account_code, a.currency, coalesce(b.balance_minor, 0) AS balance, h.folded_tx AS horizon,
+                      b.updated_at
                FROM accounts a CROSS JOIN balance_horizon h
                LEFT JOIN account_balances b ON b.account_code = a.account_code
                WHERE a.account_code = $1""",
@@ -74,13 +66,13 @@ class PgBalanceStore:
         )
         if row is None:
             return None
-        return Snapshot(row["account_code"], row["currency"], row["balance"], row["folded_seq"], row["updated_at"])
+        return Snapshot(row["account_code"], row["currency"], row["balance"], row["horizon"], row["updated_at"])
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         rows = await self._pool.fetch(
-            """WITH h AS (SELECT folded_seq FROM balance_horizon),
+            """WITH h AS (SELECT folded_tx FROM balance_horizon),
                     expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
-                                 FROM postings, h WHERE seq <= h.folded_seq GROUP BY account_code)
+                                 FROM postings, h WHERE tx < h.folded_tx GROUP BY account_code)
                SELECT coalesce(e.account_code, b.account_code) AS account_code,
                       coalesce(e.total, 0) AS expected, coalesce(b.balance_minor, 0) AS actual
                FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code"""
@@ -130,9 +122,9 @@ class PgBalanceStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", NS_JOB, FOLD_JOB)  # no fold meanwhile
             status = await conn.execute(
-                """WITH h AS (SELECT folded_seq FROM balance_horizon),
+                """WITH h AS (SELECT folded_tx FROM balance_horizon),
                         expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
-                                     FROM postings, h WHERE seq <= h.folded_seq GROUP BY account_code)
+                                     FROM postings, h WHERE tx < h.folded_tx GROUP BY account_code)
                    INSERT INTO account_balances AS b (account_code, balance_minor, updated_at)
                    SELECT coalesce(e.account_code, x.account_code), coalesce(e.total, 0), now()
                    FROM expected e FULL JOIN account_balances x ON x.account_code = e.account_code
@@ -141,10 +133,13 @@ class PgBalanceStore:
             )
         return int(status.split()[-1])
 
-    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int, datetime]]]:
+    async def postings_above_horizon(self) -> Unfolded:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            horizon = await conn.fetchval("SELECT folded_seq FROM balance_horizon")
+            horizon = await conn.fetchval("SELECT folded_tx FROM balance_horizon")
             rows = await conn.fetch(
-                "SELECT account_code, seq, signed_amount_minor, created_at FROM postings WHERE seq > $1", horizon
+                "SELECT account_code, tx, seq, signed_amount_minor, created_at FROM postings WHERE tx >= $1", horizon
             )
-        return int(horizon), [(r["account_code"], r["seq"], r["signed_amount_minor"], r["created_at"]) for r in rows]
+        return Unfolded(
+            horizon=horizon,
+            postings=[(Entry(r["account_code"], r["tx"], r["seq"], r["signed_amount_minor"]), r["created_at"]) for r in rows],
+        )

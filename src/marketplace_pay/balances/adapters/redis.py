@@ -1,5 +1,6 @@
-"""The real-time overlay in Redis: per account a ZSET of "<seq>:<signed amount>" scored by the
-journal's seq, plus the folded horizon. An entry is a fact, so adding it twice changes nothing."""
+"""The real-time overlay in Redis: per account a ZSET of "<seq>:<signed amount>" scored by the id of
+the transaction that wrote the posting, plus the folded horizon. An entry is a fact, so adding it
+twice changes nothing."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import redis.asyncio as aioredis
 
 from marketplace_pay.balances.application.balances import Entry
 
-# KEYS = [horizon, account key, account key, ...]; ARGV = [seq, member, seq, member, ...]
+# KEYS = [horizon, account key, account key, ...]; ARGV = [tx, member, tx, member, ...]
 _APPLY = """
 local horizon = tonumber(redis.call('GET', KEYS[1]) or '0')
 local added = 0
 for i = 2, #KEYS do
-  local seq = tonumber(ARGV[2 * i - 3])
-  if seq > horizon then
-    added = added + redis.call('ZADD', KEYS[i], seq, ARGV[2 * i - 2])
+  local tx = tonumber(ARGV[2 * i - 3])
+  if tx >= horizon then
+    added = added + redis.call('ZADD', KEYS[i], tx, ARGV[2 * i - 2])
   end
 end
 return added
@@ -28,7 +29,7 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local horizon = tonumber(ARGV[1])
 if horizon > current then redis.call('SET', KEYS[1], ARGV[1]) end
 for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[1])
 end
 return 1
 """
@@ -51,17 +52,16 @@ class RedisBalanceOverlay:
         for i in range(0, len(entries), self._chunk):  # each chunk is one atomic script
             part = entries[i : i + self._chunk]
             args: list[str | int] = []
-            for _, seq, amount in part:
-                args += [seq, f"{seq}:{amount}"]
-            added += int(await self._apply(keys=[self.horizon_key, *(self._key(code) for code, _, _ in part)], args=args))
+            for e in part:
+                args += [e.tx, f"{e.seq}:{e.signed_amount_minor}"]
+            added += int(await self._apply(keys=[self.horizon_key, *(self._key(e.account_code) for e in part)], args=args))
         return added
 
-    async def entries(self, account_code: str) -> list[tuple[int, int]]:
-        members = await self._redis.zrange(self._key(account_code), 0, -1)
+    async def entries(self, account_code: str) -> list[Entry]:
         out = []
-        for m in members:
-            seq, _, amount = (m.decode() if isinstance(m, bytes) else m).partition(":")
-            out.append((int(seq), int(amount)))
+        for member, score in await self._redis.zrange(self._key(account_code), 0, -1, withscores=True):
+            seq, _, amount = (member.decode() if isinstance(member, bytes) else member).partition(":")
+            out.append(Entry(account_code, int(score), int(seq), int(amount)))
         return out
 
     async def accounts(self) -> list[str]:
@@ -76,7 +76,8 @@ class RedisBalanceOverlay:
             part = codes[i : i + self._chunk]
             await self._prune(keys=[self.horizon_key, *(self._key(c) for c in part)], args=[horizon])
 
-    async def clear(self) -> None:
-        keys = [self._key(c) for c in await self.accounts()]
-        for i in range(0, len(keys), 1000):
-            await self._redis.delete(*keys[i : i + 1000])
+    async def remove(self, entries: Sequence[Entry]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for e in entries:
+                pipe.zrem(self._key(e.account_code), f"{e.seq}:{e.signed_amount_minor}")
+            await pipe.execute()

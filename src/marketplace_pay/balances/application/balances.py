@@ -1,18 +1,20 @@
 """Balances (SPEC §8): a snapshot in Postgres plus the recent postings in Redis.
 
 - The consumer of LedgerEntriesRecorded adds each posting's signed amount to its account's
-  Redis overlay, keyed by the journal's seq: one Lua call per batch, atomic, and idempotent
-  (the same posting twice is the same entry), in any order.
-- The fold job (once per cluster) takes a horizon H below which every journal has committed
-  (the ledger's commit fence), adds Σ postings in (previous H, H] to each account's snapshot
-  in one transaction — one UPDATE per account per fold, never per event — and then drops the
-  overlay entries ≤ H. It reads the postings from Postgres, not Redis, so a Redis restart, a
-  TTL or a crash between Redis and Postgres cannot lose a delta, and a posting whose seq is
-  below one already folded (hot GLOBAL accounts, concurrent writers) is never skipped.
-- A real-time balance = snapshot (as of H) + overlay entries above H.
-- Reconciliation compares every snapshot with Σ of its postings ≤ H and the overlay with the
-  postings above H (both exact, even under load), the trial balance per currency and the AUTH_*
-  accounts of finished payments; `repair` rebuilds both from the postings.
+  Redis overlay, as an entry keyed by the journal's seq and scored by the id of the transaction
+  that wrote it: one Lua call per batch, atomic, and idempotent (the same posting twice is the
+  same entry), in any order.
+- The fold job (once per cluster) takes the horizon H = the oldest transaction still running:
+  every posting written by a transaction below H has committed (or never will). It adds Σ
+  postings with previous H ≤ tx < H to each account's snapshot in one transaction — one UPDATE
+  per account per fold, never per event — and then drops the overlay entries below H. It reads
+  the postings from Postgres, not Redis, so a Redis restart, a TTL or a crash between Redis and
+  Postgres cannot lose a delta, and no posting is skipped however late its transaction commits
+  (hot GLOBAL accounts, concurrent writers). It takes no lock that the writers wait for.
+- A real-time balance = snapshot (as of H) + overlay entries at or above H.
+- Reconciliation compares every snapshot with Σ of its postings below H and the overlay with
+  the postings at or above it (both exact, even under load), the trial balance per currency and
+  the AUTH_* accounts of finished payments; `repair` rebuilds both from the postings.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -32,21 +34,25 @@ from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
 
-APPLY = "account-balance-consumer-group"
+class Entry(NamedTuple):
+    """One posting as the overlay holds it."""
 
-Entry = tuple[str, int, int]  # (account code, journal seq, signed amount in minor units)
+    account_code: str
+    tx: int  # the transaction that wrote it: folded once the horizon passes it
+    seq: int  # its journal's seq: one posting per account and journal
+    signed_amount_minor: int
 
 
 class Overlay(Protocol):
-    """Per account, the signed amounts of postings not yet folded, keyed by journal seq."""
+    """Per account, the signed amounts of postings not yet folded."""
 
     async def apply(self, entries: Sequence[Entry]) -> int:
-        """Add entries atomically; an entry already there, or at or below the folded horizon, is
+        """Add entries atomically; an entry already there, or below the folded horizon, is
         ignored. Returns how many were new."""
         ...
 
-    async def entries(self, account_code: str) -> list[tuple[int, int]]:
-        """(seq, signed amount) of the account's overlay."""
+    async def entries(self, account_code: str) -> list[Entry]:
+        """The account's overlay."""
         ...
 
     async def accounts(self) -> list[str]:
@@ -54,14 +60,17 @@ class Overlay(Protocol):
         ...
 
     async def prune(self, horizon: int, account_codes: Sequence[str]) -> None:
-        """Drop entries ≤ horizon of these accounts (all accounts when empty); remember the horizon."""
+        """Drop entries below `horizon` of these accounts (all accounts when empty); remember the
+        horizon (entries below it are refused from now on)."""
         ...
 
-    async def clear(self) -> None: ...
+    async def remove(self, entries: Sequence[Entry]) -> None:
+        """Drop exactly these entries."""
+        ...
 
 
 class Folded(msgspec.Struct, frozen=True):
-    horizon: int
+    horizon: int  # a transaction id: every posting below it is in the snapshots
     accounts: list[str]
 
 
@@ -86,7 +95,7 @@ class Drift(msgspec.Struct, frozen=True):
 
 class BalanceStore(Protocol):
     async def horizon(self) -> int:
-        """The folded horizon: every posting with seq ≤ it is in the snapshots."""
+        """The folded horizon: every posting written by a transaction below it is in the snapshots."""
         ...
 
     async def fold(self) -> Folded | None:
@@ -100,7 +109,7 @@ class BalanceStore(Protocol):
         ...
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
-        """(accounts checked, accounts whose snapshot differs from Σ of their postings ≤ the horizon)."""
+        """(accounts checked, accounts whose snapshot differs from Σ of their postings below the horizon)."""
         ...
 
     async def trial_balance_drift(self) -> list[Drift]:
@@ -113,20 +122,28 @@ class BalanceStore(Protocol):
         ...
 
     async def rebuild_snapshots(self) -> int:
-        """Recompute every snapshot from its postings ≤ the horizon. Returns accounts changed."""
+        """Recompute every snapshot from its postings below the horizon. Returns accounts changed."""
         ...
 
-    async def postings_above_horizon(self) -> tuple[int, list[tuple[str, int, int, datetime]]]:
-        """(horizon, (account, seq, signed amount, created at) of every posting above it), one read."""
+    async def postings_above_horizon(self) -> Unfolded:
+        """Every posting at or above the horizon, in one consistent read."""
         ...
+
+
+class Unfolded(msgspec.Struct, frozen=True):
+    horizon: int
+    postings: list[tuple[Entry, datetime]]  # (entry, created at)
 
 
 # -- the consumer ---------------------------------------------------------------------------
 
 
+APPLY_LEDGER_ENTRIES = "balances-apply-ledger-entries"
+
+
 async def apply_ledger_entries(batch: Sequence[Envelope[LedgerEntriesRecorded]], *, overlay: Overlay) -> None:
     entries = [
-        (p.account_code, entry.ledger_entry_id, p.signed_amount)
+        Entry(p.account_code, entry.tx, entry.seq, p.signed_amount_minor)
         for e in batch
         for entry in e.data.ledger_entries
         for p in entry.postings
@@ -150,8 +167,8 @@ async def fold_balances(*, store: BalanceStore, overlay: Overlay) -> Folded | No
 
 
 async def sweep_overlay(*, store: BalanceStore, overlay: Overlay) -> None:
-    """Drop overlay entries at or below the horizon in every account (late ones that arrived
-    after their account was last folded)."""
+    """Drop overlay entries below the horizon in every account (late ones that arrived after
+    their account was last folded)."""
     await overlay.prune(await store.horizon(), [])
 
 
@@ -172,7 +189,7 @@ async def read_balance(account_code: str, *, store: BalanceStore, overlay: Overl
     snap = await store.snapshot(account_code)
     if snap is None:
         return None
-    total = snap.balance_minor + sum(amount for seq, amount in recent if seq > snap.horizon)
+    total = snap.balance_minor + sum(e.signed_amount_minor for e in recent if e.tx >= snap.horizon)
     return Balance(account_code, total, snap.currency, clock.now())
 
 
@@ -189,19 +206,27 @@ class ReconcileReport(msgspec.Struct):
         return not self.drift
 
 
+async def _overlay(overlay: Overlay) -> dict[str, list[Entry]]:
+    return {code: await overlay.entries(code) for code in await overlay.accounts()}
+
+
 async def _real_time_drift(store: BalanceStore, overlay: Overlay, clock: Clock, grace_s: float) -> list[Drift]:
-    """What the API would show (snapshot + overlay) against the postings. Above the horizon, an
-    overlay entry must match a posting exactly; a posting missing from the overlay counts only
-    once it is older than `grace_s` (until then its event may still be on its way), so this is
-    exact under load too."""
-    horizon, above = await store.postings_above_horizon()
+    """What the API would show (snapshot + overlay) against the postings, exact under load too.
+
+    The overlay is read *before* the postings: an entry only reaches Redis after its posting
+    committed, so every genuine entry read must match a posting the later read sees. At or above
+    the horizon, an entry that matches no posting is wrong; a posting missing from the overlay
+    counts only once it is older than `grace_s` (until then its event may still be on its way)."""
+    entries_by_account = await _overlay(overlay)
+    unfolded = await store.postings_above_horizon()
+    horizon = unfolded.horizon
     cutoff = clock.now() - timedelta(seconds=grace_s)
     postings: dict[str, dict[int, tuple[int, datetime]]] = {}
-    for code, seq, amount, created_at in above:
-        postings.setdefault(code, {})[seq] = (amount, created_at)
+    for entry, created_at in unfolded.postings:
+        postings.setdefault(entry.account_code, {})[entry.seq] = (entry.signed_amount_minor, created_at)
     drift = []
-    for code in set(postings) | set(await overlay.accounts()):
-        entries = {seq: amount for seq, amount in await overlay.entries(code) if seq > horizon}
+    for code in set(postings) | set(entries_by_account):
+        entries = {e.seq: e.signed_amount_minor for e in entries_by_account.get(code, []) if e.tx >= horizon}
         expected_here = postings.get(code, {})
         expected = sum(a for seq, (a, at) in expected_here.items() if seq in entries or at < cutoff)
         actual = sum(entries.values())
@@ -241,15 +266,35 @@ def record_drift(drift: Sequence[Drift]) -> None:
 
 
 async def _repair(*, store: BalanceStore, overlay: Overlay) -> None:
-    """Snapshots from the postings ≤ the horizon, the overlay from the postings above it. Events
-    still in flight re-add identical overlay entries, so this is safe while the service runs."""
+    """Snapshots from the postings below the horizon; the overlay gets every posting at or above
+    it and loses the entries that match no posting. Safe while the service runs: the overlay is
+    read before the postings (so an entry the consumer adds meanwhile is never judged, and every
+    genuine entry read has its posting in the later read), adding is idempotent, and only the
+    wrong entries themselves are removed."""
     await fold_balances(store=store, overlay=overlay)
     changed = await store.rebuild_snapshots()
-    horizon, above = await store.postings_above_horizon()
-    await overlay.clear()
-    await overlay.prune(horizon, [])
-    await overlay.apply([(code, seq, amount) for code, seq, amount, _ in above])
-    log.warning("balances repaired", extra={"snapshotsChanged": changed, "overlayEntries": len(above), "horizon": horizon})
+    before = await _overlay(overlay)
+    unfolded = await store.postings_above_horizon()
+    real = {(e.account_code, e.seq, e.signed_amount_minor) for e, _ in unfolded.postings}
+    phantoms = [
+        e
+        for entries in before.values()
+        for e in entries
+        if e.tx >= unfolded.horizon and (e.account_code, e.seq, e.signed_amount_minor) not in real
+    ]
+    await overlay.prune(unfolded.horizon, [])
+    await overlay.apply([entry for entry, _ in unfolded.postings])
+    if phantoms:
+        await overlay.remove(phantoms)
+    log.warning(
+        "balances repaired",
+        extra={
+            "snapshotsChanged": changed,
+            "overlayEntries": len(unfolded.postings),
+            "phantomsRemoved": len(phantoms),
+            "horizon": unfolded.horizon,
+        },
+    )
 
 
 def drift_report(report: ReconcileReport) -> list[dict[str, Any]]:

@@ -76,7 +76,9 @@ def _decode(raw: bytes, type_: type[Any]) -> Any:
 async def create_seller(request: Request[Any, Any, Any]) -> Response[SellerView]:
     body: CreateSellerRequest = _decode(await request.body(), CreateSellerRequest)
     seller = await onboard_seller(
-        OnboardSeller(body.seller_id, body.currency, body.commission_bps), store=request.app.state.container.sellers
+        OnboardSeller(body.seller_id, body.currency, body.commission_bps),
+        store=request.app.state.container.sellers,
+        cache=request.app.state.container.seller_cache,
     )
     return Response(
         SellerView.of(seller), status_code=201, headers={"Location": f"/api/v1/sellers/{seller.seller_id}"}
@@ -100,7 +102,8 @@ async def get_seller(request: Request[Any, Any, Any], seller_id: Annotated[str, 
 )
 async def update_seller(request: Request[Any, Any, Any], seller_id: Annotated[str, PathParameter()]) -> SellerView:
     body: UpdateSellerRequest = _decode(await request.body(), UpdateSellerRequest)
-    seller = await change_seller_status(seller_id, body.status, store=request.app.state.container.sellers)
+    container = request.app.state.container
+    seller = await change_seller_status(seller_id, body.status, store=container.sellers, cache=container.seller_cache)
     return SellerView.of(seller)
 
 

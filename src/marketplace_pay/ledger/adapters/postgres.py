@@ -8,7 +8,6 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from marketplace_pay.infra.locks import NS_LEDGER_FENCE
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code
 from marketplace_pay.ledger.application.recording import JournalRef, StoredJournal
@@ -88,28 +87,13 @@ class PgJournalRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def enter_commit_fence(self) -> None:
-        await self._conn.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", NS_LEDGER_FENCE)
-
-    async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
-        rows = await self._conn.fetch(
-            """SELECT entity_id, commission_bps FROM accounts
-               WHERE account_type = 'MERCHANT_PAYABLE' AND entity_id = ANY($1::text[])""",
-            list(seller_ids),
-        )
-        return {r["entity_id"]: r["commission_bps"] for r in rows}
-
     async def add_all(self, items: Sequence[tuple[JournalEntry, JournalRef]]) -> dict[str, StoredJournal]:
         unique = list({j.journal_id: (j, ref) for j, ref in items}.values())
         if not unique:
             return {}
+        postings = [(j, p) for j, _ in unique for p in j.postings]
         rows = await self._conn.fetch(
-            """INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, payment_order_id,
-                                            seller_id, source_event_id)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                    $7::text[], $8::text[])
-               ON CONFLICT (journal_id) DO NOTHING
-               RETURNING journal_id, seq, created_at""",
+            _ADD_JOURNALS,
             [j.journal_id for j, _ in unique],
             [j.type.value for j, _ in unique],
             [j.name for j, _ in unique],
@@ -118,36 +102,51 @@ class PgJournalRepository:
             [ref.payment_order_id for _, ref in unique],
             [ref.seller_id for _, ref in unique],
             [ref.source_event_id for _, ref in unique],
+            [j.journal_id for j, _ in postings],
+            [p.account.code for _, p in postings],
+            [p.direction.value for _, p in postings],
+            [p.amount_minor for _, p in postings],
+            [p.signed_amount_minor for _, p in postings],
+            [j.currency.value for j, _ in postings],
         )
-        inserted = {r["journal_id"]: r for r in rows}
-        postings = [(j, p) for j, _ in unique if j.journal_id in inserted for p in j.postings]
-        if postings:
-            await self._conn.execute(
-                """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
-                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])""",
-                [j.journal_id for j, _ in postings],
-                [inserted[j.journal_id]["seq"] for j, _ in postings],
-                [p.account.code for _, p in postings],
-                [p.direction.value for _, p in postings],
-                [p.amount_minor for _, p in postings],
-                [p.signed_amount_minor for _, p in postings],
-                [j.currency.value for j, _ in postings],
-            )
+        by_id = {j.journal_id: j for j, _ in unique}
         stored = {
-            j.journal_id: StoredJournal(j, inserted[j.journal_id]["seq"], inserted[j.journal_id]["created_at"])
-            for j, _ in unique
-            if j.journal_id in inserted
+            r["journal_id"]: StoredJournal(by_id[r["journal_id"]], r["seq"], r["tx"], r["created_at"]) for r in rows
         }
-        earlier = [j.journal_id for j, _ in unique if j.journal_id not in inserted]
+        earlier = [j.journal_id for j, _ in unique if j.journal_id not in stored]
         if earlier:
             stored.update(await load_journals(self._conn, earlier))
         return stored
 
 
+# The journals not recorded yet and their postings, in one statement (a journal id already there
+# is skipped, with its postings). Each posting carries its journal's seq and, like the journal,
+# the writing transaction's id.
+_ADD_JOURNALS = """
+WITH j AS (
+    INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, payment_order_id,
+                                 seller_id, source_event_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                         $7::text[], $8::text[])
+    ON CONFLICT (journal_id) DO NOTHING
+    RETURNING journal_id, seq, tx, created_at
+),
+p AS (
+    INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+    SELECT x.journal_id, j.seq, x.account_code, x.direction, x.amount_minor, x.signed_amount_minor, x.currency
+    FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::text[])
+         WITH ORDINALITY AS x(journal_id, account_code, direction, amount_minor, signed_amount_minor, currency, n)
+    JOIN j USING (journal_id)
+    ORDER BY x.n
+)
+SELECT journal_id, seq, tx, created_at FROM j
+"""
+
+
 async def load_journals(conn: asyncpg.Connection | asyncpg.Pool, journal_ids: Sequence[str]) -> dict[str, StoredJournal]:
     """Journals as recorded, with their postings in recording order."""
     rows = await conn.fetch(
-        """SELECT j.journal_id, j.journal_type, j.name, j.currency, j.seq, j.created_at,
+        """SELECT j.journal_id, j.journal_type, j.name, j.currency, j.seq, j.tx, j.created_at,
                   p.account_code, p.direction, p.amount_minor
            FROM journal_entries j JOIN postings p USING (journal_id)
            WHERE j.journal_id = ANY($1::text[])
@@ -169,7 +168,7 @@ def _stored(rows: list[asyncpg.Record]) -> StoredJournal:
         Currency(head["currency"]),
         tuple(Posting(parse_account_code(r["account_code"]), Direction(r["direction"]), r["amount_minor"]) for r in rows),
     )
-    return StoredJournal(entry, head["seq"], head["created_at"])
+    return StoredJournal(entry, head["seq"], head["tx"], head["created_at"])
 
 
 class PgLedgerUnitOfWork(PgUnitOfWork):

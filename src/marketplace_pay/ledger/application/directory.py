@@ -10,6 +10,7 @@ from typing import Protocol
 import msgspec
 
 from marketplace_pay.ledger.domain.accounts import GLOBAL, AccountStatus, AccountType, account_code
+from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from marketplace_pay.shared.money import Currency
 
@@ -59,9 +60,11 @@ def _check(cmd: OnboardSeller) -> None:
         raise ValidationError("Invalid seller", errors=errors)
 
 
-async def onboard_seller(cmd: OnboardSeller, *, store: SellerStore) -> Seller:
+async def onboard_seller(cmd: OnboardSeller, *, store: SellerStore, cache: CachedSellers | None = None) -> Seller:
     _check(cmd)
     seller = await store.add(cmd)
+    if cache is not None:
+        cache.forget(cmd.seller_id)
     if seller is None:
         existing = await store.get(cmd.seller_id)
         raise ConflictError(
@@ -71,8 +74,12 @@ async def onboard_seller(cmd: OnboardSeller, *, store: SellerStore) -> Seller:
     return seller
 
 
-async def change_seller_status(seller_id: str, status: AccountStatus, *, store: SellerStore) -> Seller:
+async def change_seller_status(
+    seller_id: str, status: AccountStatus, *, store: SellerStore, cache: CachedSellers | None = None
+) -> Seller:
     seller = await store.set_status(seller_id, status)
+    if cache is not None:
+        cache.forget(seller_id)
     if seller is None:
         raise NotFoundError(f"Seller {seller_id} not found")
     return seller
@@ -80,3 +87,33 @@ async def change_seller_status(seller_id: str, status: AccountStatus, *, store: 
 
 def seller_account_code(seller_id: str, currency: Currency) -> str:
     return account_code(AccountType.MERCHANT_PAYABLE, seller_id, currency)
+
+
+class CachedSellers:
+    """The directory as every payment and every recording asks it: from memory, at most `ttl_ms`
+    old. A change made through this process is seen at once; one made elsewhere (another
+    process, the CLI) within `ttl_ms`. Unknown sellers are cached too, so a flood of requests for
+    an unknown seller costs one query per `ttl_ms`."""
+
+    def __init__(self, store: SellerStore, *, clock: Clock, ttl_ms: int = 1000) -> None:
+        self._store = store
+        self._ttl_ms = ttl_ms
+        self._clock = clock
+        self._entries: dict[str, tuple[int, Seller | None]] = {}
+
+    async def many(self, seller_ids: Sequence[str]) -> list[Seller]:
+        now = self._clock.now_ms()
+        stale = [s for s in dict.fromkeys(seller_ids) if (e := self._entries.get(s)) is None or now - e[0] > self._ttl_ms]
+        if stale:
+            found = {s.seller_id: s for s in await self._store.many(stale)}
+            if len(self._entries) > 100_000:
+                self._entries.clear()
+            for seller_id in stale:
+                self._entries[seller_id] = (now, found.get(seller_id))
+        return [seller for s in seller_ids if (seller := self._entries[s][1]) is not None]
+
+    async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
+        return {s.seller_id: s.commission_bps for s in await self.many(seller_ids)}
+
+    def forget(self, seller_id: str) -> None:
+        self._entries.pop(seller_id, None)

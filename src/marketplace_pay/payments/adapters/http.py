@@ -14,12 +14,8 @@ from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, pri
 from marketplace_pay.infra.codec import decode_error
 from marketplace_pay.infra.openapi import json_body
 from marketplace_pay.infra.telemetry import current_ids
-from marketplace_pay.payments.application.create_payment import (
-    CreatePayment,
-    IdempotencyRequest,
-    LineRequest,
-    Replayed,
-)
+from marketplace_pay.payments.application.create_payment import CreatePayment, LineRequest, Replayed
+from marketplace_pay.payments.application.ports import Keyed
 from marketplace_pay.payments.application.views import PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
 from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
@@ -116,18 +112,19 @@ async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[P
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise decode_error(exc) from None
     trace_id, traceparent = current_ids()
-    idempotency = None
-    if key is not None:
-        fingerprint = hashlib.sha256(msgspec.json.encode(body)).digest()
-        idempotency = IdempotencyRequest(scope=principal(request).scope, key=key, fingerprint=fingerprint)
+    keyed = Keyed(
+        client_id=principal(request).scope,
+        idempotency_key=key,
+        fingerprint=hashlib.sha256(msgspec.json.encode(body)).digest() if key is not None else None,
+    )
     cmd = CreatePayment(
         buyer_id=body.buyer_id,
         order_id=body.order_id,
         total=_money(body.total_amount),
         lines=[LineRequest(seller_id=o.seller_id, amount=_money(o.amount)) for o in body.payment_orders],
+        keyed=keyed,
         trace_id=trace_id,
         traceparent=traceparent,
-        idempotency=idempotency,
     )
     result = await container.create_payment(cmd, render=render)
     if isinstance(result, Replayed):

@@ -1,13 +1,27 @@
-"""PSP simulators for authorization and capture (SPEC §7, seed §3).
+"""PSP simulators for authorization and capture, behaving like a real PSP where it matters for money:
 
-Like a real PSP they are idempotent per idempotency key: the outcome (and latency) of a call is
-drawn from a random source seeded with (MP_PSP_SEED, operation, key), so asking again — after a
-timeout, or from another process after a crash — gets the same answer. Test values force an
+- **Deterministic per idempotency key.** The outcome (and latency) of a call is drawn from a
+  random source seeded with (MP_PSP_SEED, operation, key): asking again — after a timeout, or
+  from another process after a crash — gets the same answer.
+- **It acts when it receives the request**, whether or not the caller waits for the answer: a
+  capture whose caller gave up after its budget has still captured (the call log says so, with
+  `answered: false`).
+- **A repeated key is a replay**, answered quickly with the original outcome, never a second
+  capture; `capture_status` answers what was done under a key. (The simulator treats every key it
+  is asked about as received: callers only ask about keys they sent.)
+
+Scenarios (`MP_PSP_SCENARIO`): NORMAL, PEAK, DEGRADED, BEST_PSP_EVER — the share of calls that
+time out (5 s), the latency buckets, and the capture outcome percentages. Test values force an
 outcome in every scenario, like a PSP's test cards:
 
 - authorization: buyerId starting with DECLINE → declined; TIMEOUT → no answer within any
   budget, and the later status check answers approved;
 - capture: amount ending in 66 → declined (final); ending in 13 → retryable, every attempt.
+
+`MP_PSP_CALL_LOG`: every call is appended to a file as a JSON line — `op`, `key`,
+`paymentOrderId` (captures) or `paymentId` (authorizations), `result` (what the PSP did) and
+`answered` (whether the caller got the answer) — the PSP's own record, to compare the database
+with.
 """
 
 from __future__ import annotations
@@ -15,15 +29,19 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections import Counter, deque
+import time
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from marketplace_pay.infra import metrics
 from marketplace_pay.payments.application.ports import AuthorizationOutcome, CaptureOutcome
+from marketplace_pay.shared.ids import public_payment_id
 from marketplace_pay.shared.money import Money
 
-TIMEOUT_SLEEP_MS = 5000  # seed: a simulated timeout sleeps 5 s; callers give up after 500 ms
+TIMEOUT_SLEEP_MS = 5000  # a simulated timeout answers after 5 s; callers give up after 500 ms
+REPLAY_MAX_MS = 100  # a repeated key is a lookup: answered within the scenario's fastest latency, ≤ 100 ms
+_REMEMBER_KEYS = 200_000  # keys recently seen (bounded: memory does not grow with traffic)
 
 
 class Bucket(NamedTuple):
@@ -39,8 +57,12 @@ class Scenario(NamedTuple):
     retryable: int
     declined: int
 
+    @property
+    def replay_ms(self) -> int:
+        return min(self.latency[0].min_ms, REPLAY_MAX_MS)
 
-# Capture: seed §3.3 table. Success / retryable / declined percentages.
+
+# Capture: success / retryable / declined percentages.
 CAPTURE_SCENARIOS: dict[str, Scenario] = {
     "NORMAL": Scenario(0, (Bucket(100, 50, 150), Bucket(0, 150, 300), Bucket(0, 300, 600)), 50, 40, 10),
     "PEAK": Scenario(25, (Bucket(30, 250, 500), Bucket(50, 501, 1500), Bucket(20, 1501, 2500)), 50, 45, 5),
@@ -48,9 +70,9 @@ CAPTURE_SCENARIOS: dict[str, Scenario] = {
     "BEST_PSP_EVER": Scenario(0, (Bucket(100, 1, 2),), 100, 0, 0),
 }
 
-# Authorization: seed §3.1 only defines NORMAL (always approved, 50–149 ms). The others reuse
-# the capture latencies, with a few declines; retryable answers do not exist for
-# authorizations (a slow PSP shows up as a timeout → PENDING_AUTH).
+# Authorization: NORMAL is always approved in 50–149 ms. The others reuse the capture
+# latencies, with a few declines; retryable answers do not exist for authorizations (a slow PSP
+# shows up as a timeout → PENDING_AUTH).
 AUTH_SCENARIOS: dict[str, Scenario] = {
     "NORMAL": Scenario(0, (Bucket(100, 50, 150),), 100, 0, 0),
     "PEAK": Scenario(25, CAPTURE_SCENARIOS["PEAK"].latency, 95, 0, 5),
@@ -65,7 +87,8 @@ class Draw(NamedTuple):
 
 
 def draw(seed: int, operation: str, key: str, scenario: Scenario) -> Draw:
-    """The deterministic latency and outcome roll of one call (seed §3.2 algorithm)."""
+    """The deterministic latency and outcome roll of one call: a share of calls time out (5 s),
+    the rest fall in a latency bucket; then a roll in [0, 100) picks the outcome."""
     rng = random.Random(f"{seed}:{operation}:{key}")
     latency = 0
     if scenario.timeout_percent and rng.randrange(100) < scenario.timeout_percent:
@@ -83,45 +106,55 @@ def draw(seed: int, operation: str, key: str, scenario: Scenario) -> Draw:
 
 
 class CallLog:
-    """What the simulated PSP saw: counts per (operation, result), the most recent calls, and —
-    with MP_PSP_CALL_LOG — every call appended to a file as a JSON line (the PSP's own record,
-    which outlives our process)."""
+    """What the simulated PSP did: counts per (operation, result) and — with MP_PSP_CALL_LOG —
+    every call appended to a file as a JSON line (the PSP's own record, which outlives us)."""
 
-    def __init__(self, keep: int = 100_000, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
-        self.recent: deque[tuple[str, str, str]] = deque(maxlen=keep)
         self._file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives with the log
 
-    def record(self, operation: str, key: str, result: str) -> None:
+    def record(self, operation: str, key: str, result: str, *, answered: bool, subject: tuple[str, str]) -> None:
         self.counts[(operation, result)] += 1
-        self.recent.append((operation, key, result))
-        metrics.PSP_CALLS.labels(operation, result).inc()
+        metrics.PSP_CALLS.labels(operation, result if answered else "TIMEOUT").inc()
         if self._file is not None:
-            self._file.write(json.dumps({"op": operation, "key": key, "result": result}) + "\n")
-
-    def calls(self, operation: str, key: str | None = None) -> list[tuple[str, str, str]]:
-        return [c for c in self.recent if c[0] == operation and (key is None or c[1] == key)]
+            line = {"op": operation, "key": key, subject[0]: subject[1], "result": result, "answered": answered}
+            self._file.write(json.dumps(line) + "\n")
 
 
 O = TypeVar("O", AuthorizationOutcome, CaptureOutcome)
 
 
-async def _answer(log: CallLog, operation: str, key: str, outcome: O, latency_ms: int) -> O:
-    """Answer after the simulated latency; a caller that gives up first sees no answer."""
-    try:
-        await asyncio.sleep(latency_ms / 1000)
-    except asyncio.CancelledError:
-        log.record(operation, key, "TIMEOUT")
-        raise
-    log.record(operation, key, outcome.value)
-    return outcome
-
-
-class SimulatedAuthorizationGateway:
-    def __init__(self, scenario: str, *, seed: int = 0, log: CallLog | None = None) -> None:
-        self.scenario = AUTH_SCENARIOS[scenario]
+class _Simulator:
+    def __init__(self, scenario: Scenario, *, seed: int, log: CallLog | None) -> None:
+        self.scenario = scenario
         self.seed = seed
         self.log = log or CallLog()
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def _replay(self, key: str) -> bool:
+        """Whether `key` was received before (and remember it now)."""
+        seen = key in self._seen
+        self._seen[key] = time.monotonic()
+        self._seen.move_to_end(key)
+        while len(self._seen) > _REMEMBER_KEYS:
+            self._seen.popitem(last=False)
+        return seen
+
+    async def _answer(self, operation: str, key: str, outcome: O, latency_ms: int, subject: tuple[str, str]) -> O:
+        """The PSP has acted; the answer arrives after `latency_ms`. A caller that gives up
+        first does not get it, but the act stands (logged `answered: false`)."""
+        try:
+            await asyncio.sleep(latency_ms / 1000)
+        except asyncio.CancelledError:
+            self.log.record(operation, key, outcome.value, answered=False, subject=subject)
+            raise
+        self.log.record(operation, key, outcome.value, answered=True, subject=subject)
+        return outcome
+
+
+class SimulatedAuthorizationGateway(_Simulator):
+    def __init__(self, scenario: str, *, seed: int = 0, log: CallLog | None = None) -> None:
+        super().__init__(AUTH_SCENARIOS[scenario], seed=seed, log=log)
 
     def _outcome(self, payment_id: int, buyer_id: str) -> tuple[AuthorizationOutcome, int]:
         d = draw(self.seed, "authorize", str(payment_id), self.scenario)
@@ -134,21 +167,25 @@ class SimulatedAuthorizationGateway:
 
     async def authorize(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome:
         outcome, latency_ms = self._outcome(payment_id, buyer_id)
-        return await _answer(self.log, "authorize", str(payment_id), outcome, latency_ms)
+        key = str(payment_id)
+        if self._replay(key):
+            latency_ms = min(latency_ms, self.scenario.replay_ms)
+        return await self._answer("authorize", key, outcome, latency_ms, ("paymentId", public_payment_id(payment_id)))
 
     async def authorization_status(
         self, *, payment_id: int, buyer_id: str, amount: Money
     ) -> AuthorizationOutcome | None:
         outcome, _ = self._outcome(payment_id, buyer_id)
-        self.log.record("authorization_status", str(payment_id), outcome.value)
+        self.log.record(
+            "authorization_status", str(payment_id), outcome.value, answered=True,
+            subject=("paymentId", public_payment_id(payment_id)),
+        )
         return outcome
 
 
-class SimulatedCaptureGateway:
+class SimulatedCaptureGateway(_Simulator):
     def __init__(self, scenario: str, *, seed: int = 0, log: CallLog | None = None) -> None:
-        self.scenario = CAPTURE_SCENARIOS[scenario]
-        self.seed = seed
-        self.log = log or CallLog()
+        super().__init__(CAPTURE_SCENARIOS[scenario], seed=seed, log=log)
 
     def outcome(self, idempotency_key: str, amount: Money) -> tuple[CaptureOutcome, int]:
         d = draw(self.seed, "capture", idempotency_key, self.scenario)
@@ -166,6 +203,15 @@ class SimulatedCaptureGateway:
             return CaptureOutcome.DECLINED, d.latency_ms
         return CaptureOutcome.RETRYABLE, d.latency_ms
 
-    async def capture(self, *, idempotency_key: str, amount: Money) -> CaptureOutcome:
+    async def capture(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome:
         outcome, latency_ms = self.outcome(idempotency_key, amount)
-        return await _answer(self.log, "capture", idempotency_key, outcome, latency_ms)
+        if self._replay(idempotency_key):
+            latency_ms = self.scenario.replay_ms
+        return await self._answer("capture", idempotency_key, outcome, latency_ms, ("paymentOrderId", payment_order_id))
+
+    async def capture_status(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome | None:
+        outcome, _ = self.outcome(idempotency_key, amount)
+        self._replay(idempotency_key)
+        return await self._answer(
+            "capture_status", idempotency_key, outcome, self.scenario.replay_ms, ("paymentOrderId", payment_order_id)
+        )

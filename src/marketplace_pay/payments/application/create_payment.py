@@ -1,13 +1,18 @@
-"""Use case: create a payment and authorize it synchronously at the PSP (SPEC §3.3).
+"""Use case: create a payment and authorize it synchronously at the PSP.
 
-Crash safety: the payment is committed as PENDING_AUTH *before* the PSP is called, so there
-is never a hold at the PSP without a payment here. If the process dies after that commit,
-`resolve_pending_authorizations` asks the PSP for the outcome. The outcome and the
-PaymentAuthorized event commit in one transaction (outbox).
+Order of decisions:
+1. the request's own rules (sellers unique, lines add up to the total, one currency) → 400;
+2. the Idempotency-Key, before anything that depends on stored state: a key already used answers
+   from what was stored — the first response, even if the sellers changed since — or refuses
+   (another body: 422, still running: 409);
+3. the sellers (known, ACTIVE, settling in the payment's currency) → 422;
+4. the payment is committed as PENDING_AUTH *before* the PSP is called, so there is never a hold
+   at the PSP without a payment here; the PSP's answer and PaymentAuthorized commit together.
 
-At most one authorization per payment: only the request that inserted the payment (or, with
-an Idempotency-Key, the request that holds the key) calls the PSP; concurrent repeats see the
-existing payment. The PSP call itself is idempotent per payment id as a second line of defence.
+At most one authorization per payment: only the request that inserted the payment calls the PSP
+(a repeat finds the payment under its key), and the PSP call is idempotent per payment id. A
+payment left PENDING_AUTH (timeout, crash, PSP down) is finished by
+`resolve_pending_authorizations`, which asks the PSP what it did.
 """
 
 from __future__ import annotations
@@ -20,23 +25,21 @@ from datetime import timedelta
 import msgspec
 
 from marketplace_pay.payments.application.ports import (
-    Acquired,
     AuthorizationGateway,
     AuthorizationOutcome,
     IdGenerator,
-    KeyInProgress,
-    KeyMismatch,
-    PaymentsUnitOfWork,
+    Keyed,
+    PaymentStore,
     PspTimeout,
     PspUnavailable,
-    Replay,
     SellerDirectory,
+    StoredPayment,
 )
 from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import envelope
-from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.errors import ConflictError, FieldError, UnprocessableError, ValidationError
+from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.ids import coord_shard, seller_shard
 from marketplace_pay.shared.money import Money
 
@@ -48,24 +51,14 @@ class LineRequest(msgspec.Struct, frozen=True):
     amount: Money
 
 
-class IdempotencyRequest(msgspec.Struct, frozen=True):
-    scope: str
-    key: str
-    fingerprint: bytes
-
-    @property
-    def stored_key(self) -> str:
-        return f"{self.scope}\x1f{self.key}"
-
-
 class CreatePayment(msgspec.Struct, frozen=True):
     buyer_id: str
     order_id: str
     total: Money
     lines: list[LineRequest]
+    keyed: Keyed
     trace_id: str
     traceparent: str | None = None
-    idempotency: IdempotencyRequest | None = None
 
 
 class Created(msgspec.Struct, frozen=True):
@@ -87,7 +80,7 @@ Render = Callable[[Payment], tuple[int, bytes]]
 
 
 def check_business_rules(cmd: CreatePayment) -> None:
-    """The stateless rules, in the order SPEC §3.3 gives them; the first broken one is reported."""
+    """The request's own rules, in order; the first broken one is reported."""
     seen: set[str] = set()
     for i, line in enumerate(cmd.lines):
         if line.seller_id in seen:
@@ -111,7 +104,7 @@ def check_business_rules(cmd: CreatePayment) -> None:
             )
 
 
-async def check_sellers(cmd: CreatePayment, directory: SellerDirectory) -> None:
+async def seller_problems(cmd: CreatePayment, directory: SellerDirectory) -> list[FieldError]:
     accounts = await directory.sellers([line.seller_id for line in cmd.lines])
     errors: list[FieldError] = []
     for i, line in enumerate(cmd.lines):
@@ -125,8 +118,7 @@ async def check_sellers(cmd: CreatePayment, directory: SellerDirectory) -> None:
             errors.append(
                 FieldError(field, f"seller {line.seller_id} settles in {account.currency}, payment is in {cmd.total.currency}")
             )
-    if errors:
-        raise UnprocessableError("One or more sellers cannot be paid", errors=errors)
+    return errors
 
 
 def new_payment(cmd: CreatePayment, *, ids: IdGenerator, clock: Clock) -> Payment:
@@ -143,9 +135,7 @@ def new_payment(cmd: CreatePayment, *, ids: IdGenerator, clock: Clock) -> Paymen
     )
 
 
-async def ask_psp(
-    payment: Payment, *, psp: AuthorizationGateway, timeout_s: float
-) -> AuthorizationOutcome | None:
+async def ask_psp(payment: Payment, *, psp: AuthorizationGateway, timeout_s: float) -> AuthorizationOutcome | None:
     """The PSP's answer, or None when it did not answer in time (the payment stays PENDING_AUTH)."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -157,185 +147,125 @@ async def ask_psp(
     return None
 
 
-def apply_outcome(payment: Payment, outcome: AuthorizationOutcome, clock: Clock) -> None:
-    if outcome is AuthorizationOutcome.APPROVED:
-        payment.authorize(clock.now())
-    else:
-        payment.decline(clock.now())
-
-
 async def record_outcome(
-    uow: PaymentsUnitOfWork,
+    store: PaymentStore,
     payment: Payment,
     outcome: AuthorizationOutcome,
     *,
     clock: Clock,
     trace_id: str,
     traceparent: str | None,
+    render: Render | None = None,
 ) -> Payment:
-    """Within `uow`: store AUTHORIZED/DECLINED and queue PaymentAuthorized. If another actor
-    finished the payment first, returns the stored payment instead."""
-    apply_outcome(payment, outcome, clock)
-    if not await uow.payments.save_authorization(payment):
-        stored = await uow.payments.get(payment.payment_id)
-        assert stored is not None
-        return stored
-    for event in payment.pull_events():
-        uow.publish(
-            envelope(
-                event,
-                aggregate_id=event.payment_id,
-                timestamp=clock.now(),
-                trace_id=trace_id,
-                traceparent=traceparent,
-            )
-        )
-    return payment
+    """Store AUTHORIZED/DECLINED with PaymentAuthorized (and, with `render`, the response to keep
+    for the key). If another actor finished the payment first, returns the stored payment."""
+    now = clock.now()
+    if outcome is AuthorizationOutcome.APPROVED:
+        payment.authorize(now)
+    else:
+        payment.decline(now)
+    events = [
+        envelope(e, aggregate_id=e.payment_id, timestamp=now, trace_id=trace_id, traceparent=traceparent)
+        for e in payment.pull_events()
+    ]
+    if await store.record_authorization(payment, events, render(payment) if render else None):
+        return payment
+    stored = await store.get(payment.payment_id)
+    assert stored is not None
+    if render is not None:
+        await store.keep_response(payment.payment_id, render(stored))
+    return stored
+
+
+def answer_repeat(
+    stored: StoredPayment, cmd: CreatePayment, *, clock: Clock, in_progress_ms: int
+) -> CreatePaymentResult:
+    """The answer to a request whose payment already exists under its key."""
+    if cmd.keyed.idempotency_key is None:
+        return Created(payment=stored.payment, replayed=True)
+    if stored.fingerprint != cmd.keyed.fingerprint:
+        raise UnprocessableError("Idempotency-Key was already used with a different request body")
+    if stored.response is not None:
+        status, body = stored.response
+        return Replayed(status=status, body=body)
+    running_since = clock.now() - stored.payment.created_at
+    if stored.payment.status is PaymentStatus.PENDING_AUTH and running_since < timedelta(milliseconds=in_progress_ms):
+        raise ConflictError("A request with this Idempotency-Key is still being processed")
+    return Created(payment=stored.payment, replayed=True)
 
 
 async def create_payment(
     cmd: CreatePayment,
     *,
     render: Render,
-    uow: Callable[[], PaymentsUnitOfWork],
+    store: PaymentStore,
     sellers: SellerDirectory,
     psp: AuthorizationGateway,
     ids: IdGenerator,
     clock: Clock,
     auth_timeout_ms: int,
-    idempotency_lease_ms: int,
+    in_progress_ms: int,
 ) -> CreatePaymentResult:
     check_business_rules(cmd)
-    await check_sellers(cmd, sellers)
+    problems = await seller_problems(cmd, sellers)
+    keyed = cmd.keyed
 
-    token: str | None = None
-    key = cmd.idempotency
-    if key is not None:
-        async with uow() as tx:
-            begun = await tx.idempotency.begin(
-                scope=key.scope, key=key.key, fingerprint=key.fingerprint, lease_ms=idempotency_lease_ms
-            )
-            await tx.commit()
-        match begun:
-            case Replay(status=status, body=body):
-                return Replayed(status=status, body=body)
-            case KeyMismatch():
-                raise UnprocessableError("Idempotency-Key was already used with a different request body")
-            case KeyInProgress():
-                raise ConflictError("A request with this Idempotency-Key is still being processed")
-            case Acquired(token=acquired):
-                token = acquired
+    async def repeat() -> CreatePaymentResult | None:
+        stored = await store.find(keyed, buyer_id=cmd.buyer_id, order_id=cmd.order_id, total=cmd.total)
+        return None if stored is None else answer_repeat(stored, cmd, clock=clock, in_progress_ms=in_progress_ms)
 
-    completed = False
-    try:
-        result = await _create_and_authorize(
-            cmd, render=render, token=token, uow=uow, psp=psp, ids=ids, clock=clock, auth_timeout_ms=auth_timeout_ms
-        )
-        completed = True
-        return result
-    finally:
-        if key is not None and token is not None and not completed:
-            await _release_quietly(uow, key, token)
+    if problems:
+        # The key decides first: a payment stored under it is answered even if a seller changed.
+        if keyed.idempotency_key is not None and (answer := await repeat()) is not None:
+            return answer
+        raise UnprocessableError("One or more sellers cannot be paid", errors=problems)
 
-
-async def _create_and_authorize(
-    cmd: CreatePayment,
-    *,
-    render: Render,
-    token: str | None,
-    uow: Callable[[], PaymentsUnitOfWork],
-    psp: AuthorizationGateway,
-    ids: IdGenerator,
-    clock: Clock,
-    auth_timeout_ms: int,
-) -> Created:
-    key = cmd.idempotency
     payment = new_payment(cmd, ids=ids, clock=clock)
-    async with uow() as tx:
-        existing = await tx.payments.add(
-            payment,
-            idempotency_key=key.stored_key if key else None,
-            trace_id=cmd.trace_id,
-            traceparent=cmd.traceparent,
-        )
-        await tx.commit()
+    if not await store.add(payment, keyed=keyed, trace_id=cmd.trace_id, traceparent=cmd.traceparent):
+        answer = await repeat()
+        if answer is None:  # the conflicting payment went away meanwhile: cannot happen, payments stay
+            raise ConflictError("A concurrent request for the same payment is being processed; retry")
+        return answer
     faults.hit("payments.after_insert")
 
-    if existing is not None and (key is None or existing.status is not PaymentStatus.PENDING_AUTH):
-        # A repeat: never a second authorization. With a key, store the response we give.
-        if key is not None and token is not None:
-            await _complete(uow, key, token, render(existing))
-        return Created(payment=existing, replayed=True)
-
-    # Ours to authorize: a new payment, or (with a key whose previous holder died) a
-    # payment still PENDING_AUTH.
-    replayed = existing is not None
-    payment = existing or payment
+    keep = render if keyed.idempotency_key is not None else None
     outcome = await ask_psp(payment, psp=psp, timeout_s=auth_timeout_ms / 1000)
     if outcome is None:
-        if key is not None and token is not None:
-            await _complete(uow, key, token, render(payment))
-        return Created(payment=payment, replayed=replayed)
-
-    async with uow() as tx:
-        payment = await record_outcome(
-            tx, payment, outcome, clock=clock, trace_id=cmd.trace_id, traceparent=cmd.traceparent
-        )
-        if key is not None and token is not None:
-            status, body = render(payment)
-            await tx.idempotency.complete(scope=key.scope, key=key.key, token=token, status=status, body=body)
-        await tx.commit()
-    return Created(payment=payment, replayed=replayed)
-
-
-async def _complete(
-    uow: Callable[[], PaymentsUnitOfWork], key: IdempotencyRequest, token: str, response: tuple[int, bytes]
-) -> None:
-    async with uow() as tx:
-        await tx.idempotency.complete(scope=key.scope, key=key.key, token=token, status=response[0], body=response[1])
-        await tx.commit()
-
-
-async def _release_quietly(uow: Callable[[], PaymentsUnitOfWork], key: IdempotencyRequest, token: str) -> None:
-    try:
-        async with uow() as tx:
-            await tx.idempotency.release(scope=key.scope, key=key.key, token=token)
-            await tx.commit()
-    except Exception:  # the lease expires on its own; the client may retry then
-        log.warning("could not release idempotency key", exc_info=True)
+        if keep is not None:
+            await store.keep_response(payment.payment_id, keep(payment))
+        return Created(payment=payment, replayed=False)
+    payment = await record_outcome(
+        store, payment, outcome, clock=clock, trace_id=cmd.trace_id, traceparent=cmd.traceparent, render=keep
+    )
+    return Created(payment=payment, replayed=False)
 
 
 async def resolve_pending_authorizations(
     *,
-    uow: Callable[[], PaymentsUnitOfWork],
+    store: PaymentStore,
     psp: AuthorizationGateway,
     clock: Clock,
     older_than_ms: int,
     lease_ms: int = 5000,
     limit: int = 100,
 ) -> int:
-    """Ask the PSP for the outcome of payments left PENDING_AUTH (timeout, crash, PSP down)
-    and finish them. Returns how many were finished.
+    """Ask the PSP for the outcome of payments left PENDING_AUTH (timeout, crash, PSP down) and
+    finish them. Returns how many were finished.
 
     Payments are claimed with a lease (committed), so concurrent resolvers never ask about the
     same payment at once and a PSP that keeps failing is asked again only after the lease; the
-    PSP is called outside any transaction; each answer is applied in its own transaction,
-    guarded on PENDING_AUTH."""
-    async with uow() as tx:
-        claimed = await tx.payments.claim_pending_authorizations(
-            created_before=clock.now() - timedelta(milliseconds=older_than_ms), lease_ms=lease_ms, limit=limit
-        )
-        await tx.commit()
+    PSP is called outside any transaction; each answer is applied guarded on PENDING_AUTH."""
+    claimed = await store.claim_pending_authorizations(
+        created_before=clock.now() - timedelta(milliseconds=older_than_ms), lease_ms=lease_ms, limit=limit
+    )
     finished = 0
     for pending in claimed:
         outcome = await _final_outcome(pending.payment, psp)
         if outcome is None:
             continue
-        async with uow() as tx:
-            await record_outcome(
-                tx, pending.payment, outcome, clock=clock, trace_id=pending.trace_id, traceparent=pending.traceparent
-            )
-            await tx.commit()
+        await record_outcome(
+            store, pending.payment, outcome, clock=clock, trace_id=pending.trace_id, traceparent=pending.traceparent
+        )
         finished += 1
     return finished
 

@@ -1,4 +1,4 @@
-"""Ports of the payments context. Adapters: payments/adapters (Postgres, PSP simulator) and,
+"""Ports of the payments context. Adapters: payments/adapters (Postgres, Redis, PSP simulator) and,
 for the seller directory, the ledger context's account directory (wired in bootstrap)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class PspTimeout(Exception):
 
 
 class PspUnavailable(Exception):
-    """The PSP could not be reached; the operation did not happen."""
+    """The PSP could not be reached, or answered with an error: the outcome is unknown."""
 
 
 class AuthorizationOutcome(StrEnum):
@@ -52,16 +52,21 @@ class AuthorizationGateway(Protocol):
 class CaptureOutcome(StrEnum):
     CAPTURED = "CAPTURED"
     DECLINED = "DECLINED"  # final: the PSP refuses this capture for good
-    RETRYABLE = "RETRYABLE"  # try again later (soft decline, PSP busy)
+    RETRYABLE = "RETRYABLE"  # not captured; a new capture (with a new key) may succeed later
 
 
 class CaptureGateway(Protocol):
-    async def capture(self, *, idempotency_key: str, amount: Money) -> CaptureOutcome:
-        """Capture `amount` of an authorized payment for one payment order.
+    async def capture(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome:
+        """Capture `amount` of an authorized payment for one payment order (`po_…`).
 
-        Idempotent per `idempotency_key` (one per order and attempt): a repeated call never
-        captures twice and returns the first answer. May take arbitrarily long; the caller
-        bounds it and treats no answer as retryable. Raises PspUnavailable."""
+        Idempotent per `idempotency_key`: a repeated call never captures twice and answers
+        what the PSP did the first time. The PSP acts on the request when it receives it,
+        whether or not the caller waits for the answer. Raises PspUnavailable."""
+        ...
+
+    async def capture_status(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome | None:
+        """What the PSP did with the capture of `amount` sent under `idempotency_key`; None if it
+        never received one. Raises PspUnavailable."""
         ...
 
 
@@ -81,7 +86,8 @@ class SellerAccount(msgspec.Struct, frozen=True):
 
 class SellerDirectory(Protocol):
     async def sellers(self, seller_ids: Sequence[str]) -> dict[str, SellerAccount]:
-        """The directory entries of the given sellers; unknown sellers are absent."""
+        """The directory entries of the given sellers; unknown sellers are absent. May answer
+        from a cache a second or so old."""
         ...
 
 
@@ -94,43 +100,23 @@ class IdGenerator(Protocol):
         ...
 
 
-# -- persistence -------------------------------------------------------------------------------
+# -- pay-in persistence ------------------------------------------------------------------------
 
 
-class Acquired(msgspec.Struct, frozen=True):
-    token: str
+class Keyed(msgspec.Struct, frozen=True):
+    """Who asked, and under which Idempotency-Key (None: the business key identifies it)."""
+
+    client_id: str
+    idempotency_key: str | None = None
+    fingerprint: bytes | None = None
 
 
-class Replay(msgspec.Struct, frozen=True):
-    status: int
-    body: bytes
+class StoredPayment(msgspec.Struct, frozen=True):
+    """A payment found under a client's key, with what is needed to answer a repeat."""
 
-
-class KeyMismatch(msgspec.Struct, frozen=True):
-    pass
-
-
-class KeyInProgress(msgspec.Struct, frozen=True):
-    pass
-
-
-IdempotencyBegin = Acquired | Replay | KeyMismatch | KeyInProgress
-
-
-class IdempotencyStore(Protocol):
-    async def begin(self, *, scope: str, key: str, fingerprint: bytes, lease_ms: int) -> IdempotencyBegin:
-        """Start work under (scope, key). Acquired: this caller owns the key (first use, or
-        the previous owner's lease expired). Replay: the stored first response. KeyMismatch:
-        the key was used with another request. KeyInProgress: another request holds it."""
-        ...
-
-    async def complete(self, *, scope: str, key: str, token: str, status: int, body: bytes) -> None:
-        """Store the response. A no-op if the lease was taken over meanwhile."""
-        ...
-
-    async def release(self, *, scope: str, key: str, token: str) -> None:
-        """Give the key up without a response (the request failed before an outcome)."""
-        ...
+    payment: Payment
+    fingerprint: bytes | None
+    response: tuple[int, bytes] | None  # the first response, while it is kept
 
 
 class PendingAuthorization(msgspec.Struct, frozen=True):
@@ -139,29 +125,32 @@ class PendingAuthorization(msgspec.Struct, frozen=True):
     traceparent: str | None
 
 
-class PaymentRepository(Protocol):
-    async def add(
-        self, payment: Payment, *, idempotency_key: str | None, trace_id: str, traceparent: str | None
-    ) -> Payment | None:
-        """Insert a new PENDING_AUTH payment (with the trace it was created in). Returns None
-        when inserted; otherwise the existing payment with the same idempotency key (when
-        given) or, without one, the same business key (buyer, order, total)."""
+class PaymentStore(Protocol):
+    """Pay-in writes. Concurrent calls are committed together (group commit): each call returns
+    once its own rows are durable."""
+
+    async def add(self, payment: Payment, *, keyed: Keyed, trace_id: str, traceparent: str | None) -> bool:
+        """Insert a new PENDING_AUTH payment. False (nothing written) when the client already
+        has a payment under the same Idempotency-Key, or — without one — the same business key
+        (buyer, order, total)."""
         ...
 
-    async def get(self, payment_id: int, *, for_update: bool = False) -> Payment | None: ...
-
-    async def save_authorization(self, payment: Payment) -> bool:
-        """Persist AUTHORIZED/DECLINED, only if the stored payment is still PENDING_AUTH.
-        Returns False (and writes nothing) if it was not."""
+    async def find(self, keyed: Keyed, *, buyer_id: str, order_id: str, total: Money) -> StoredPayment | None:
+        """The client's payment under this Idempotency-Key, or without one under this business key."""
         ...
 
-    async def get_many(self, payment_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Payment]:
-        """Locked in id order when `for_update`, so concurrent roll-ups never deadlock."""
+    async def record_authorization(
+        self, payment: Payment, events: Sequence[Envelope[Any]], response: tuple[int, bytes] | None
+    ) -> bool:
+        """Persist AUTHORIZED/DECLINED with its events (and the response to keep for the key), only
+        if the stored payment is still PENDING_AUTH. False (nothing written) if it was not."""
         ...
 
-    async def save_roll_up(self, payment: Payment) -> None:
-        """Persist captured amount, open orders and status after an order finished."""
+    async def keep_response(self, payment_id: int, response: tuple[int, bytes]) -> None:
+        """Keep the response given to the first request of a keyed payment."""
         ...
+
+    async def get(self, payment_id: int) -> Payment | None: ...
 
     async def claim_pending_authorizations(
         self, *, created_before: datetime, lease_ms: int, limit: int
@@ -172,31 +161,32 @@ class PaymentRepository(Protocol):
         ...
 
 
-class StaleOrder(Exception):
-    """A guarded payment-order update found the row changed: the transaction must not commit."""
+# -- capture persistence -----------------------------------------------------------------------
 
 
-class PaymentOrderRepository(Protocol):
-    async def add_all(self, orders: Sequence[tuple[PaymentOrder, str, str | None]]) -> set[int]:
-        """Insert (order, trace id, traceparent) rows; ids already there are skipped. Returns
-        the ids inserted."""
+OrderChange = tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]
+"""An order's new state and (status, retry count) before: the update's guard."""
+
+
+class NewOrder(msgspec.Struct, frozen=True):
+    order: PaymentOrder
+    trace_id: str
+    traceparent: str | None
+
+
+class CaptureStore(Protocol):
+    async def open_orders(self, orders: Sequence[NewOrder]) -> list[PaymentOrder]:
+        """Create these orders (CAPTURE_REQUESTED) unless they exist; return those of them that
+        still wait for their first capture attempt — new ones, and ones a crash left waiting."""
         ...
 
-    async def get_many(self, payment_order_ids: Sequence[int], *, for_update: bool = False) -> dict[int, PaymentOrder]:
-        """Locked in id order when `for_update`."""
-        ...
+    async def orders(self, payment_order_ids: Sequence[int]) -> dict[int, PaymentOrder]: ...
 
-    async def save_all(self, changes: Sequence[tuple[PaymentOrder, tuple[PaymentOrderStatus, int]]]) -> None:
-        """Write each order's new state, guarded on its state before (status, retry count): the
-        UPDATE itself refuses to regress an order. Raises StaleOrder if any guard failed."""
-        ...
-
-    async def traces(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
-        """(trace id, traceparent) each order was created in."""
-        ...
-
-    async def mark_retries_dispatched(self, payment_order_ids: Sequence[int]) -> None:
-        """The due retry of these orders is in the outbox: not pending any more."""
+    async def save_attempts(self, changes: Sequence[OrderChange], events: Sequence[Envelope[Any]]) -> set[int]:
+        """Write each order's new state if it is still in its state before; a finished order rolls
+        its payment up (CAPTURED / CAPTURED_PARTIALLY / CAPTURE_FAILED once the last one is done).
+        Each event is written only with its order's update (the events' aggregate ids name the
+        orders). One atomic statement. Returns the ids of the orders updated."""
         ...
 
     async def overdue_retries(self, *, before: datetime, limit: int) -> list[tuple[int, int, int]]:
@@ -204,28 +194,33 @@ class PaymentOrderRepository(Protocol):
         before `before`."""
         ...
 
-
-class PaymentsUnitOfWork(Protocol):
-    payments: PaymentRepository
-    idempotency: IdempotencyStore
-    orders: PaymentOrderRepository
-
-    async def claim_inbox(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        """Mark events processed by `consumer` in this transaction; returns the new ones."""
+    async def stuck_orders(self, *, unchanged_since: datetime, limit: int) -> list[PaymentOrder]:
+        """Open orders whose capture is not waiting for a scheduled retry and that have not
+        changed since `unchanged_since`: their command was lost or dead-lettered."""
         ...
 
-    async def seen(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        """Which of these events `consumer` has processed (committed)."""
+    async def unknown_outcomes(self) -> int:
+        """Open orders whose last PSP call went unanswered."""
         ...
 
-    async def __aenter__(self) -> PaymentsUnitOfWork: ...
+
+class RetryUnitOfWork(Protocol):
+    """Turning due retries into capture commands, in one transaction with the outbox."""
+
+    async def __aenter__(self) -> RetryUnitOfWork: ...
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def publish(self, *envelopes: Envelope[Any]) -> None:
-        """Queue events; they are written to the outbox by `commit`, in the same transaction."""
+    async def lock_orders(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[PaymentOrder, str, str | None]]:
+        """The orders, locked in id order, with the (trace id, traceparent) they were created in."""
         ...
+
+    async def mark_dispatched(self, payment_order_ids: Sequence[int], *, touch: bool = False) -> None:
+        """The due retry (or a re-drive, `touch`) of these orders is in the outbox."""
+        ...
+
+    def publish(self, *envelopes: Envelope[Any]) -> None: ...
 
     async def commit(self) -> None: ...

@@ -1,4 +1,9 @@
-"""Events of the payments context (seed §4.3: types, topics, keys, deterministic ids)."""
+"""Messages of the payments context, with deterministic ids: the same fact always has the same id.
+
+    PaymentAuthorized     event    a payment was authorized; its orders are to be captured
+    CapturePaymentOrder   command  call the PSP again for one order (a due retry)
+    PaymentOrderFinalized event    an order reached CAPTURED or CAPTURE_FAILED
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ class PaymentLineData(msgspec.Struct, frozen=True, rename="camel"):
     payment_order_id: str
     public_payment_order_id: str
     seller_id: str
-    amount_value: int
+    amount_minor: int
     currency: str
 
 
@@ -26,7 +31,7 @@ class PaymentAuthorized(Event, frozen=True):
     public_payment_id: str
     buyer_id: str
     order_id: str
-    total_amount_value: int
+    total_amount_minor: int
     currency: str
     payment_lines: list[PaymentLineData]
     authorized_at: datetime
@@ -38,15 +43,15 @@ class PaymentAuthorized(Event, frozen=True):
         return self.payment_id
 
 
-class PaymentOrderEvent(Event, frozen=True):
-    """Fields every payment-order event carries (seed PaymentOrderBaseEvent)."""
+class PaymentOrderMessage(Event, frozen=True):
+    """Fields every payment-order message carries."""
 
     payment_order_id: str
     public_payment_order_id: str
     payment_id: str
     public_payment_id: str
     seller_id: str
-    amount_value: int
+    amount_minor: int
     currency: str
     timestamp: datetime
 
@@ -54,38 +59,20 @@ class PaymentOrderEvent(Event, frozen=True):
         return self.payment_order_id
 
 
-class PaymentOrderCreated(PaymentOrderEvent, frozen=True):
-    event_type: ClassVar[str] = "payment_order_created"
-    topic: ClassVar[str] = "payment_order_created_topic"
+class CapturePaymentOrder(PaymentOrderMessage, frozen=True):
+    """Make capture attempt `attempt` of an order (or ask the PSP about it, once its retries are
+    used up on unanswered calls)."""
 
-    def event_id(self) -> str:
-        return f"{self.public_payment_order_id}:payment_order_created"
-
-
-class PaymentOrderCaptureCommand(PaymentOrderEvent, frozen=True):
-    event_type: ClassVar[str] = "payment_order_capture_requested"
+    event_type: ClassVar[str] = "capture_payment_order"
     topic: ClassVar[str] = "payment_order_capture_request_queue_topic"
 
     attempt: int = 0
 
     def event_id(self) -> str:
-        return f"{self.public_payment_order_id}:payment_order_capture_requested:{self.attempt}"
+        return f"{self.public_payment_order_id}:capture:{self.attempt}"
 
 
-class PaymentOrderPspResultUpdated(PaymentOrderEvent, frozen=True):
-    event_type: ClassVar[str] = "payment_order_psp_result_updated"
-    topic: ClassVar[str] = "payment_order_psp_result_updated_topic"
-
-    psp_status: str = ""
-    attempt: int = 0
-    latency_ms: int = 0
-    reason: str | None = None
-
-    def event_id(self) -> str:
-        return f"{self.public_payment_order_id}:payment_order_psp_result_updated:{self.psp_status}:{self.attempt}"
-
-
-class PaymentOrderFinalized(PaymentOrderEvent, frozen=True):
+class PaymentOrderFinalized(PaymentOrderMessage, frozen=True):
     event_type: ClassVar[str] = "payment_order_finalized"
     topic: ClassVar[str] = "payment_order_finalized_topic"
 

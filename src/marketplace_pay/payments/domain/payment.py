@@ -133,14 +133,14 @@ class Payment:
                 public_payment_id=self.public_id,
                 buyer_id=self.buyer_id,
                 order_id=self.order_id,
-                total_amount_value=self.total.amount_minor,
+                total_amount_minor=self.total.amount_minor,
                 currency=self.currency.value,
                 payment_lines=[
                     PaymentLineData(
                         payment_order_id=str(line.payment_order_id),
                         public_payment_order_id=public_payment_order_id(line.payment_order_id),
                         seller_id=line.seller_id,
-                        amount_value=line.amount.amount_minor,
+                        amount_minor=line.amount.amount_minor,
                         currency=line.amount.currency.value,
                     )
                     for line in self.lines

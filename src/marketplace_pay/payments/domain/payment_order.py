@@ -1,15 +1,20 @@
-"""PaymentOrder: the part of a payment owed to one seller, captured on its own (seed §2.4).
+"""PaymentOrder: the part of a payment owed to one seller, captured on its own.
 
-    INITIATED_PENDING ──request_capture──▶ CAPTURE_REQUESTED ──capture attempt 0──┐
-                                                                                 │
-              ┌──────────── retryable (attempt n < max): retry_count = n+1 ◀──────┤
-              ▼                                                                  │
-      PENDING_CAPTURE ──capture attempt n──▶ retryable again / CAPTURED / CAPTURE_FAILED
-                                             (retryable at attempt == max → CAPTURE_FAILED)
+    INITIATED_PENDING ──request_capture──▶ CAPTURE_REQUESTED ──attempt 0──┐
+                                                                         ▼
+          PENDING_CAPTURE(n) ◀── retryable or no answer ── attempt n ──▶ CAPTURED | CAPTURE_FAILED
 
-`retry_count` is the attempt the order waits for: a PSP result for another attempt is stale.
+`retry_count` is the attempt the order waits for: a PSP answer for another attempt is stale.
 CAPTURED and CAPTURE_FAILED are terminal and sticky: nothing moves an order out of them (and
 the SQL update repeats that guard, as does a trigger).
+
+**No answer is not a failure.** A PSP may have captured the money although its answer never
+arrived. So each attempt calls the PSP with an idempotency key, and the key changes only after a
+*definite* "not captured, try again" answer; after an unanswered call the next attempt repeats
+the same key, which an idempotent PSP answers with what it did the first time. An order is never
+failed while its last answer is unknown: once the retries are used up on unanswered calls, the
+order keeps asking the PSP for the capture's status (with back-off) until it knows. So at most one
+key can ever capture, and the order ends in the state the PSP is in.
 """
 
 from __future__ import annotations
@@ -40,16 +45,17 @@ class PaymentOrderStatus(StrEnum):
 
 
 class CaptureResult(StrEnum):
-    """What one capture attempt came back with (the PspResultUpdated `pspStatus`)."""
+    """What one PSP call told us about the capture."""
 
     CAPTURED = "CAPTURED"
-    CAPTURE_FAILED = "CAPTURE_FAILED"  # declined for good
-    PENDING_CAPTURE = "PENDING_CAPTURE"  # retryable: soft decline, PSP busy, timeout
+    DECLINED = "DECLINED"  # final: the PSP refuses this capture for good
+    RETRYABLE = "RETRYABLE"  # definitely not captured; a new attempt, with a new key, may succeed
+    UNKNOWN = "UNKNOWN"  # no answer (timeout, unreachable): it may have been captured
 
 
 def equal_jitter_backoff_ms(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
-    """Seed §7.1: capped = min(base·2^(attempt-1), cap); delay ∈ [capped/2, capped]."""
-    exp = base_ms * (2 ** max(attempt - 1, 0))
+    """capped = min(base·2^(attempt-1), cap); the delay is drawn from [capped/2, capped]."""
+    exp = base_ms * (2 ** max(min(attempt, 40) - 1, 0))
     capped = min(exp, cap_ms)
     half = capped // 2
     return half + (rng or random).randint(0, half)
@@ -63,6 +69,8 @@ class PaymentOrder:
         "amount",
         "status",
         "retry_count",
+        "psp_key_attempt",
+        "psp_outcome_unknown",
         "next_retry_at",
         "created_at",
         "updated_at",
@@ -79,14 +87,16 @@ class PaymentOrder:
         retry_count: int,
         created_at: datetime,
         updated_at: datetime,
+        psp_key_attempt: int = 0,
+        psp_outcome_unknown: bool = False,
         next_retry_at: datetime | None = None,
     ) -> None:
         if amount.amount_minor <= 0:
             raise InvariantViolation("a payment order's amount must be positive")
         if not seller_id.strip():
             raise InvariantViolation("seller id cannot be blank")
-        if retry_count < 0:
-            raise InvariantViolation("retry count cannot be negative")
+        if retry_count < 0 or not 0 <= psp_key_attempt <= retry_count:
+            raise InvariantViolation("0 <= PSP key attempt <= retry count")
         if status is PaymentOrderStatus.CAPTURE_REQUESTED and retry_count != 0:
             raise InvariantViolation("CAPTURE_REQUESTED means the first attempt: retry count 0")
         if status is PaymentOrderStatus.PENDING_CAPTURE and retry_count == 0:
@@ -97,6 +107,8 @@ class PaymentOrder:
         self.amount = amount
         self.status = status
         self.retry_count = retry_count
+        self.psp_key_attempt = psp_key_attempt
+        self.psp_outcome_unknown = psp_outcome_unknown
         self.next_retry_at = next_retry_at
         self.created_at = created_at
         self.updated_at = updated_at
@@ -122,6 +134,15 @@ class PaymentOrder:
     def public_payment_id(self) -> str:
         return public_payment_id(self.payment_id)
 
+    @property
+    def psp_key(self) -> str:
+        """The PSP idempotency key of the next call: `<po_…>:<attempt that first used it>`."""
+        return f"{self.public_id}:{self.psp_key_attempt}"
+
+    def state(self) -> tuple[PaymentOrderStatus, int]:
+        """What a guarded update compares with: (status, retry count)."""
+        return self.status, self.retry_count
+
     def _refuse(self, action: str) -> InvariantViolation:
         return InvariantViolation(
             f"Invalid transition: cannot {action} payment order {self.public_id} in {self.status} (retry {self.retry_count})"
@@ -137,27 +158,48 @@ class PaymentOrder:
         self._move(PaymentOrderStatus.CAPTURE_REQUESTED, now)
 
     def expects(self, attempt: int) -> bool:
-        """A capture attempt (or its result) applies only to a non-terminal order waiting for it."""
+        """A capture attempt (or its answer) applies only to a non-terminal order waiting for it."""
         return self.status.awaiting_capture and self.retry_count == attempt
+
+    def asks_status(self, max_retries: int) -> bool:
+        """The retries are used up on unanswered calls: the next call asks the PSP what it did."""
+        return self.retry_count > max_retries
 
     def apply_result(
         self, result: CaptureResult, *, attempt: int, now: datetime, max_retries: int, retry_delay_ms: int
     ) -> PaymentOrderStatus:
-        """Apply the result of capture attempt `attempt`; returns the new status.
+        """Apply what attempt `attempt` learnt from the PSP; returns the new status.
 
-        Retryable before `max_retries` retries: PENDING_CAPTURE, retry_count = attempt + 1, due
-        after `retry_delay_ms`. Retryable at attempt == max_retries (the 6th PSP call with the
-        default 5): CAPTURE_FAILED."""
+        CAPTURED / DECLINED end the order. RETRYABLE (definitely not captured): a new attempt with
+        a new key, or CAPTURE_FAILED once `max_retries` retries are used. UNKNOWN: a new attempt
+        with the same key — past `max_retries` it asks for the capture's status instead — and
+        never a failure. An answer to a status query that is not CAPTURED or unknown means the
+        money was not taken: CAPTURE_FAILED."""
         if not self.expects(attempt):
             raise self._refuse(f"apply the result of attempt {attempt} to")
+        asked_status = self.asks_status(max_retries)
         if result is CaptureResult.CAPTURED:
-            self._move(PaymentOrderStatus.CAPTURED, now)
-        elif result is CaptureResult.CAPTURE_FAILED or attempt >= max_retries:
-            self._move(PaymentOrderStatus.CAPTURE_FAILED, now)
+            self._finish(PaymentOrderStatus.CAPTURED, now)
+        elif result is CaptureResult.DECLINED:
+            self._finish(PaymentOrderStatus.CAPTURE_FAILED, now)
+        elif result is CaptureResult.RETRYABLE:
+            if asked_status or attempt >= max_retries:
+                self._finish(PaymentOrderStatus.CAPTURE_FAILED, now)
+            else:
+                self._retry(attempt, new_key=True, unknown=False, now=now, delay_ms=retry_delay_ms)
         else:
-            self.retry_count = attempt + 1
-            self.next_retry_at = now + timedelta(milliseconds=retry_delay_ms)
-            self._move(PaymentOrderStatus.PENDING_CAPTURE, now)
-        if self.status.terminal:
-            self.next_retry_at = None
+            self._retry(attempt, new_key=False, unknown=True, now=now, delay_ms=retry_delay_ms)
         return self.status
+
+    def _finish(self, status: PaymentOrderStatus, now: datetime) -> None:
+        self.psp_outcome_unknown = False
+        self.next_retry_at = None
+        self._move(status, now)
+
+    def _retry(self, attempt: int, *, new_key: bool, unknown: bool, now: datetime, delay_ms: int) -> None:
+        self.retry_count = attempt + 1
+        if new_key:
+            self.psp_key_attempt = self.retry_count
+        self.psp_outcome_unknown = unknown
+        self.next_retry_at = now + timedelta(milliseconds=delay_ms)
+        self._move(PaymentOrderStatus.PENDING_CAPTURE, now)

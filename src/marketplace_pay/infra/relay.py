@@ -1,0 +1,467 @@
+"""The outbox relay: publishes committed outbox rows to the bus, shard by shard, in order.
+
+The outbox has 32 shards. Like a consumer group, the running processes share them: each relay
+leads about `32 / live processes` shards, each under a session advisory lock that dies with its
+process, so a shard whose leader died is taken over within a second. For every shard it leads, a
+relay reads the rows after its position, in (transaction id, id) order, hands them to the bus —
+which keeps the order of each key — and saves a cursor per shard once the bus says they are
+durable: handled by every subscriber (in-memory bus) or acknowledged by every Kafka replica.
+Rows are only ever inserted, never updated.
+
+**Late commits.** A transaction that got its id earlier may commit after rows of later
+transactions were read: its rows then sit *behind* the read position. Every read also returns
+the snapshot it was taken in; the transactions still running at that moment, with ids below the
+position, are remembered, and once they finish their rows (if any) are read by transaction id.
+So nothing is skipped, and nobody waits for an unrelated long transaction: delivery goes on;
+only the saved cursor stays behind such a transaction, so that a restart re-reads what it might
+still add.
+
+A crash before a cursor is saved publishes rows again; the handlers, idempotent by state guards,
+absorb the repeat. The relay is woken at once by a commit in its own process, by a NOTIFY from
+other processes, and polls as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import asyncpg
+
+from marketplace_pay.infra import metrics
+from marketplace_pay.infra.dispatch import is_transient
+from marketplace_pay.infra.locks import NS_RELAY, SessionLocks
+from marketplace_pay.infra.outbox import SHARDS
+from marketplace_pay.shared.bus import EventBus, Message
+from marketplace_pay.shared.faults import faults
+
+log = logging.getLogger(__name__)
+
+Position = tuple[int, int]  # (transaction id, row id)
+_MAX_ID = 2**63 - 1
+NOTIFY_CHANNEL = "mp_outbox"
+_PAUSE_AFTER_FAILURE_S = 1.0
+_REBALANCE_EVERY_S = 1.0
+
+_COLUMNS = "o.shard, o.tx, o.id, o.event_id, o.event_type, o.topic, o.msg_key, o.payload, o.traceparent"
+
+# The rows after each shard's position, and the snapshot the read was taken in.
+_READ = f"""
+SELECT {_COLUMNS}, pg_current_snapshot()::text AS snapshot
+FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS c(shard, tx, id)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox o
+    WHERE o.shard = c.shard AND (o.tx, o.id) > (c.tx, c.id)
+    ORDER BY o.tx, o.id
+    LIMIT $4
+) o
+"""
+
+# The rows of transactions that were still running behind a read position and have finished.
+_READ_LATE = f"""
+SELECT {_COLUMNS} FROM outbox o
+WHERE o.shard = ANY($1::smallint[]) AND o.tx = ANY($2::xid8[])
+ORDER BY o.tx, o.id
+"""
+
+_SAVE_CURSORS = """
+UPDATE outbox_cursors c SET tx = v.tx, id = v.id, updated_at = now()
+FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS v(shard, tx, id)
+WHERE c.shard = v.shard AND (c.tx, c.id) < (v.tx, v.id)
+"""
+
+_BACKLOG = """
+SELECT count(*) FROM outbox_cursors c
+CROSS JOIN LATERAL (SELECT 1 FROM outbox o WHERE o.shard = c.shard AND (o.tx, o.id) > (c.tx, c.id)) o
+"""
+
+
+def running(snapshot: str) -> set[int]:
+    """The transactions still running in a snapshot ("xmin:xmax:xip,…")."""
+    _, _, xip = snapshot.split(":")
+    return {int(x) for x in xip.split(",") if x}
+
+
+def running_below(snapshot: str, positions: Iterable[Position]) -> set[int]:
+    """The transactions still running in `snapshot` whose ids lie below a read position: they
+    may yet commit rows behind it."""
+    top = max((tx for tx, _ in positions), default=0)
+    return {x for x in running(snapshot) if x < top}
+
+
+class _Batch:
+    """Rows published together; `first` is each shard's oldest row in it."""
+
+    __slots__ = ("first", "size")
+
+    def __init__(self, first: dict[int, Position], size: int) -> None:
+        self.first = first
+        self.size = size
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: EventBus,
+        *,
+        locks: SessionLocks | None,
+        live_instances: Callable[[], Awaitable[int]] | None = None,
+        batch_size: int = 500,
+        poll_ms: int = 50,
+        inflight_max: int = 5000,
+    ) -> None:
+        """`locks=None`: lead every shard without an election (a test relay)."""
+        self._pool = pool
+        self._bus = bus
+        self._locks = locks
+        self._live_instances = live_instances
+        self._batch_size = batch_size
+        self._poll_s = poll_ms / 1000
+        self._inflight_max = max(inflight_max, batch_size) if bus.pipelined else batch_size
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._leading: set[int] = set()
+        self._releasing: set[int] = set()
+        self._generation = -1
+        self._read: dict[int, Position] = {}
+        self._inflight_first: dict[int, Counter[Position]] = {}
+        self._waiting: set[int] = set()  # running transactions that may add rows behind a read position
+        self._saved: dict[int, Position] = {}
+        self._paused_until: dict[int, float] = {}
+        self._inflight = 0
+        self._next_rebalance = 0.0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self._notify_again = False
+        self.published = 0
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def committed(self, shards: Iterable[int]) -> None:
+        """Rows were committed in these shards: wake this relay, and the others by NOTIFY when
+        another process leads one of them."""
+        shards = set(shards)
+        if shards & self._leading:
+            self._wake.set()
+        if self._locks is not None and not shards <= self._leading:
+            self._notify_others()
+
+    def _notify_others(self) -> None:
+        # One NOTIFY in flight at a time: a burst of commits costs one or two, not one each
+        # (NOTIFY serializes the commits of the transactions that send it).
+        if self._notifier is not None and not self._notifier.done():
+            self._notify_again = True
+            return
+        self._notifier = asyncio.create_task(self._notify(), name="outbox-notify")
+
+    async def _notify(self) -> None:
+        while True:
+            self._notify_again = False
+            try:
+                await self._pool.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+            except Exception as exc:  # noqa: BLE001 - the other relays poll as well
+                log.debug("outbox notify failed", extra={"error": repr(exc)})
+            if not self._notify_again:
+                return
+            await asyncio.sleep(0.002)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> frozenset[int]:
+        return frozenset(self._leading)
+
+    async def start(self) -> None:
+        if self._locks is not None:
+            await self._locks.listen(NOTIFY_CHANNEL, self.wake)
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """Start the relay loop, or restart it if it died (called by the scheduler too)."""
+        if self._stopping:
+            return
+        if self._task is None or self._task.done():
+            if self._task is not None and not self._task.cancelled() and self._task.exception() is not None:
+                log.error("outbox relay died; restarting", exc_info=self._task.exception())
+            self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_loop(), name="outbox-cursors")
+
+    async def stop(self, *, grace_s: float = 10.0) -> None:
+        """Stop reading, wait up to `grace_s` for published rows to be handled, save the
+        cursors, give the shards up."""
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        deadline = time.monotonic() + grace_s
+        while self._inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+        if self._notifier is not None:
+            await asyncio.gather(self._notifier, return_exceptions=True)
+        try:
+            await self._save()
+        except Exception as exc:  # noqa: BLE001 - the next leader re-reads from the saved cursor
+            log.warning("could not save outbox cursors at stop", extra={"error": repr(exc)})
+        await self._unlock(set(self._leading))
+
+    # -- leadership --------------------------------------------------------------------------
+
+    async def _rebalance(self) -> None:
+        """Lead a fair share of the shards: give extras up, take free ones."""
+        if self._locks is None:
+            if not self._leading:
+                await self._take(set(range(SHARDS)))
+            return
+        if self._generation != self._locks.generation:  # the lock connection broke: locks gone
+            if self._leading:
+                log.error("lost the outbox shard locks; stepping down", extra={"shards": len(self._leading)})
+            self._forget(set(self._leading))
+            if not await self._locks.reconnect_if_needed():
+                return
+            self._generation = self._locks.generation
+        live = max(1, await self._live_instances()) if self._live_instances else 1
+        fair = math.ceil(SHARDS / live)
+        keeping = self._leading - self._releasing
+        if len(keeping) > fair:
+            extra = sorted(keeping)[fair:]
+            self._releasing.update(extra)
+            log.info("handing outbox shards over", extra={"shards": extra, "fair": fair})
+        elif len(keeping) < fair:
+            free = [s for s in range(SHARDS) if s not in self._leading]
+            random.shuffle(free)
+            taken = set()
+            for shard in free:
+                if len(keeping) + len(taken) >= fair:
+                    break
+                if await self._locks.try_lock(NS_RELAY, shard):
+                    taken.add(shard)
+            if taken:
+                await self._take(taken)
+
+    async def _take(self, shards: set[int]) -> None:
+        rows = await self._pool.fetch("SELECT shard, tx, id FROM outbox_cursors WHERE shard = ANY($1::smallint[])", list(shards))
+        for r in rows:
+            self._read[r["shard"]] = self._saved[r["shard"]] = (r["tx"], r["id"])
+            self._inflight_first[r["shard"]] = Counter()
+        self._leading |= shards
+        self._wake.set()
+        log.info("outbox relay leads shards", extra={"shards": sorted(shards), "leading": len(self._leading)})
+
+    def _forget(self, shards: set[int]) -> None:
+        for shard in shards:
+            self._leading.discard(shard)
+            self._releasing.discard(shard)
+            self._inflight_first.pop(shard, None)
+            self._read.pop(shard, None)
+
+    async def _unlock(self, shards: set[int]) -> None:
+        self._forget(shards)
+        if self._locks is None:
+            return
+        for shard in shards:
+            try:
+                await self._locks.unlock(NS_RELAY, shard)
+            except (ConnectionError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass  # the lock goes with the session
+
+    async def _finish_handovers(self) -> None:
+        """Give up shards being handed over once nothing of theirs is in flight any more."""
+        idle = {s for s in self._releasing if not self._inflight_first.get(s)}
+        if idle:
+            await self._save()
+            await self._unlock(idle)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            now = time.monotonic()
+            try:
+                if now >= self._next_rebalance:
+                    self._next_rebalance = now + _REBALANCE_EVERY_S
+                    await self._rebalance()
+                    await self._finish_handovers()
+                shards = [s for s in self._leading if s not in self._releasing and self._paused_until.get(s, 0) <= now]
+                if not shards:
+                    await self._sleep(self._poll_s)
+                    continue
+                room = self._inflight_max - self._inflight
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                self._wake.clear()
+                rows = await self._read_next(shards, min(self._batch_size, room))
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive database trouble
+                failures += 1
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "outbox relay read failed", extra={"error": repr(exc)})
+                await self._sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            if not rows:
+                await self._sleep(self._poll_s)
+                continue
+            await self._publish(rows)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0))
+        except TimeoutError:
+            pass
+
+    async def _read_next(self, shards: Sequence[int], limit: int) -> list[asyncpg.Record]:
+        positions = [self._read[s] for s in shards]
+        rows = list(
+            await self._pool.fetch(
+                _READ,
+                list(shards),
+                [tx for tx, _ in positions],
+                [i for _, i in positions],
+                max(16, limit // len(shards) + 1),
+            )
+        )
+        snapshot = rows[0]["snapshot"] if rows else None
+        if self._waiting:
+            # The transactions behind our positions that the last read still saw running: those
+            # that have finished since may have committed rows there.
+            current = snapshot or await self._pool.fetchval("SELECT pg_current_snapshot()::text")
+            finished = self._waiting - running(current)
+            if finished:
+                rows += await self._pool.fetch(_READ_LATE, list(shards), sorted(finished))
+                self._waiting -= finished
+                self._progress.set()  # the cursors may move up to what was held back
+        if snapshot is not None:
+            ahead = {r["shard"]: (r["tx"], r["id"]) for r in rows if (r["tx"], r["id"]) > self._read[r["shard"]]}
+            self._waiting |= running_below(snapshot, ahead.values())
+        return rows
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        first: dict[int, Position] = {}
+        messages = []
+        for r in rows:
+            shard, position = r["shard"], (r["tx"], r["id"])
+            if shard not in first or position < first[shard]:
+                first[shard] = position
+            if position > self._read[shard]:
+                self._read[shard] = position
+            messages.append(
+                Message(
+                    topic=r["topic"],
+                    key=r["msg_key"],
+                    event_id=r["event_id"],
+                    event_type=r["event_type"],
+                    value=r["payload"],
+                    traceparent=r["traceparent"],
+                )
+            )
+        batch = _Batch(first, len(rows))
+        for shard, position in first.items():
+            self._inflight_first[shard][position] += 1
+        self._inflight += batch.size
+        faults.hit("relay.after_read")
+        try:
+            future = await self._bus.publish(messages)
+        except Exception as exc:  # noqa: BLE001
+            self._finished(batch, exc)
+            return
+        future.add_done_callback(lambda f: self._finished(batch, None if f.cancelled() else f.exception()))
+        if not self._bus.pipelined:  # a broker acknowledgement per batch: wait, so batches never overtake
+            await asyncio.wait([future])
+
+    def _finished(self, batch: _Batch, error: BaseException | None) -> None:
+        self._inflight -= batch.size
+        if error is None:
+            self.published += batch.size
+            metrics.OUTBOX_PUBLISHED.inc(batch.size)
+        else:
+            metrics.OUTBOX_PUBLISH_FAILURES.inc()
+            log.warning("outbox publish failed; rows go out again", extra={"rows": batch.size, "error": repr(error)})
+        for shard, position in batch.first.items():
+            inflight = self._inflight_first.get(shard)
+            if inflight is None or not inflight[position]:
+                continue  # no longer ours
+            if error is not None:
+                # Read again, after a pause, from before the oldest row in flight: nothing newer
+                # overtakes what failed for long (rows in flight may be delivered twice).
+                self._read[shard] = min(self._read[shard], _before(min(p for p, n in inflight.items() if n)))
+                self._paused_until[shard] = time.monotonic() + _PAUSE_AFTER_FAILURE_S
+            inflight[position] -= 1
+            if not inflight[position]:
+                del inflight[position]
+        self._room.set()
+        self._progress.set()
+
+    # -- cursors -------------------------------------------------------------------------------
+
+    def _safe(self, shard: int) -> Position:
+        """Where a restart may resume: before the oldest row in flight, and before anything a
+        still-running transaction may yet add."""
+        candidates = [self._read[shard]]
+        inflight = self._inflight_first.get(shard)
+        if inflight:
+            candidates.append(_before(min(inflight)))
+        if self._waiting:
+            candidates.append((min(self._waiting) - 1, _MAX_ID))
+        return min(candidates)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self._progress.wait()
+            self._progress.clear()
+            try:
+                await self._save()
+            except Exception as exc:  # noqa: BLE001 - keep the positions and try again
+                log.warning("saving outbox cursors failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.2)
+                self._progress.set()
+            await asyncio.sleep(0.005)  # let completions gather: one UPDATE for many batches
+
+    async def _save(self) -> None:
+        changed = {s: p for s in list(self._read) if (p := self._safe(s)) > self._saved.get(s, (0, 0))}
+        if not changed:
+            return
+        faults.hit("relay.before_save")
+        await self._pool.execute(
+            _SAVE_CURSORS, list(changed), [tx for tx, _ in changed.values()], [i for _, i in changed.values()]
+        )
+        self._saved.update(changed)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def backlog(self) -> int:
+        count = int(await self._pool.fetchval(_BACKLOG))
+        metrics.OUTBOX_BACKLOG.set(count)
+        return count
+
+
+def _before(position: Position) -> Position:
+    tx, row = position
+    return tx, row - 1
+
+
+async def live_instances(pool: asyncpg.Pool, *, fresh_s: float = 5.0) -> int:
+    """Processes whose snowflake lease heartbeat is fresh: the members sharing the shards."""
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM instance_leases WHERE heartbeat_at > now() - make_interval(secs => $1)", fresh_s
+        )
+    )

@@ -1,0 +1,32 @@
+"""In-memory fakes of the ports, for unit tests, one module per context over one shared fake
+database. tests/contract runs the same assertions against these and the real adapters, so the
+fakes cannot drift from the real thing."""
+
+from tests.fakes.balances import FakeBalanceStore, FakeOverlay
+from tests.fakes.db import FakeDatabase, FakeUnitOfWork
+from tests.fakes.ledger import FakeLedgerUnitOfWork, FakeSellerStore
+from tests.fakes.payments import (
+    FakeCaptureStore,
+    FakeIds,
+    FakePaymentStore,
+    FakeRetryQueue,
+    FakeRetryUnitOfWork,
+    ScriptedAuthorizationGateway,
+    ScriptedCaptureGateway,
+)
+
+__all__ = [
+    "FakeBalanceStore",
+    "FakeCaptureStore",
+    "FakeDatabase",
+    "FakeIds",
+    "FakeLedgerUnitOfWork",
+    "FakeOverlay",
+    "FakePaymentStore",
+    "FakeRetryQueue",
+    "FakeRetryUnitOfWork",
+    "FakeSellerStore",
+    "FakeUnitOfWork",
+    "ScriptedAuthorizationGateway",
+    "ScriptedCaptureGateway",
+]

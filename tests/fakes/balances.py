@@ -1,0 +1,109 @@
+"""Fakes of the balances context's ports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot, Unfolded
+from tests.fakes.db import FakeDatabase
+from tests.fakes.ledger import postings
+
+
+class FakeOverlay:
+    """The Redis overlay's contract, in memory (tests/contract keeps them in step)."""
+
+    def __init__(self) -> None:
+        self.horizon = 0
+        self.zsets: dict[str, dict[tuple[int, int], int]] = {}  # account → (seq, amount) → tx
+
+    async def apply(self, entries: Sequence[Entry]) -> int:
+        added = 0
+        for e in entries:
+            members = self.zsets.setdefault(e.account_code, {})
+            if e.tx >= self.horizon and (e.seq, e.signed_amount_minor) not in members:
+                members[(e.seq, e.signed_amount_minor)] = e.tx
+                added += 1
+        return added
+
+    async def entries(self, account_code: str) -> list[Entry]:
+        members = self.zsets.get(account_code, {})
+        return sorted(Entry(account_code, tx, seq, amount) for (seq, amount), tx in members.items())
+
+    async def accounts(self) -> list[str]:
+        return [c for c, z in self.zsets.items() if z]
+
+    async def prune(self, horizon: int, account_codes: Sequence[str]) -> None:
+        self.horizon = max(self.horizon, horizon)
+        for code in account_codes or list(self.zsets):
+            self.zsets[code] = {m: tx for m, tx in self.zsets.get(code, {}).items() if tx >= horizon}
+
+    async def remove(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            self.zsets.get(e.account_code, {}).pop((e.seq, e.signed_amount_minor), None)
+
+
+class FakeBalanceStore:
+    """Folds the fake ledger's journals. No transaction is ever left running here, so the horizon
+    is always past the last commit."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        self.folded_tx = 2
+        self.balances: dict[str, int] = {}
+
+    def _entries(self) -> list[tuple[Entry, object]]:
+        return [
+            (Entry(p.account.code, stored.tx, stored.seq, p.signed_amount_minor), stored.created_at)
+            for stored, p in postings(self._db.tables)
+        ]
+
+    def _expected(self) -> dict[str, int]:
+        expected: dict[str, int] = {}
+        for e, _ in self._entries():
+            if e.tx < self.folded_tx:
+                expected[e.account_code] = expected.get(e.account_code, 0) + e.signed_amount_minor
+        return expected
+
+    async def horizon(self) -> int:
+        return self.folded_tx
+
+    async def fold(self) -> Folded:
+        horizon = self._db.xid + 1
+        touched = set()
+        for e, _ in self._entries():
+            if self.folded_tx <= e.tx < horizon:
+                self.balances[e.account_code] = self.balances.get(e.account_code, 0) + e.signed_amount_minor
+                touched.add(e.account_code)
+        self.folded_tx = max(self.folded_tx, horizon)
+        return Folded(self.folded_tx, sorted(touched))
+
+    async def snapshot(self, account_code: str) -> Snapshot:
+        currency = account_code.rsplit(".", 1)[-1]
+        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.folded_tx, None)
+
+    async def snapshot_drift(self) -> tuple[int, list[Drift]]:
+        expected = self._expected()
+        accounts = set(expected) | set(self.balances)
+        return len(accounts), [
+            Drift("snapshot", c, expected.get(c, 0), self.balances.get(c, 0))
+            for c in accounts
+            if expected.get(c, 0) != self.balances.get(c, 0)
+        ]
+
+    async def trial_balance_drift(self) -> list[Drift]:
+        return []
+
+    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
+        return []
+
+    async def rebuild_snapshots(self) -> int:
+        expected = self._expected()
+        changed = sum(1 for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0))
+        self.balances = expected
+        return changed
+
+    async def postings_above_horizon(self) -> Unfolded:
+        return Unfolded(
+            horizon=self.folded_tx,
+            postings=[(e, at) for e, at in self._entries() if e.tx >= self.folded_tx],  # type: ignore[misc]
+        )
