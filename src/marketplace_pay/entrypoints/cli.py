@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers, reconcile."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, bench."""
 
 from __future__ import annotations
 
@@ -250,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
         help="postings and finished payments younger than this may still be in flight (default 30)",
     )
     reconcile.set_defaults(fn=cmd_reconcile)
+
+    from marketplace_pay.entrypoints.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
