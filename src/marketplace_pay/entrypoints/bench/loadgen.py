@@ -253,6 +253,7 @@ class Generator:
         # figures
         self.sent = 0
         self.answered = 0
+        self.not_ok = 0  # answers other than ok_status, whole run
         self.ok_in_window = 0  # ok answers received inside the measured window
         self.window_requests = 0  # requests due (open) or sent (closed) inside the window
         self.window_outcomes: collections.Counter[str] = collections.Counter()  # status or failure -> n
@@ -351,8 +352,10 @@ class Generator:
             if location is not None:
                 self._locations.append(location)
                 self._accepted_at.append(self.wall(now))
-        elif len(self.bodies) < self.plan.bodies_kept:
-            self.bodies.append((status, body[:600].decode("utf-8", "replace")))
+        else:
+            self.not_ok += 1
+            if len(self.bodies) < self.plan.bodies_kept:
+                self.bodies.append((status, body[:600].decode("utf-8", "replace")))
         if measured:
             self.window_outcomes[str(status)] += 1
         if reusable:
@@ -387,6 +390,7 @@ class Generator:
             "type": "progress",
             "sent": self.sent,
             "answered": self.answered,
+            "not_ok": self.not_ok,
             "in_flight": sum(1 for c in self.connections if c.busy),
             "queued": len(self.queued),
             "connections": len(self.connections),

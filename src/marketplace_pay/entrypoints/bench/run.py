@@ -73,6 +73,13 @@ def _redacted(dsn: str) -> str:
     return dsn
 
 
+def _token_refused(r: httpx.Response) -> BenchError:
+    return BenchError(
+        f"the service refused the bench's token ({r.status_code}): the bench signs it with MP_JWT_SECRET (or the "
+        f"data directory's generated secret), so give the bench the service's secret. Answer: {r.text[:300]}"
+    )
+
+
 @dataclass
 class LoadState:
     """What the generator has reported so far."""
@@ -80,6 +87,7 @@ class LoadState:
     started: dict[str, float] = field(default_factory=dict)
     sent: int = 0
     answered: int = 0
+    not_ok: int = 0
     in_flight: int = 0
     queued: int = 0
     result: dict[str, Any] | None = None
@@ -174,10 +182,14 @@ class Bench:
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
             for seller in sellers[len(SEEDED_SELLERS) :]:
                 r = await client.post("/api/v1/sellers", json={"sellerId": seller, "currency": "EUR", "commissionBps": 500})
+                if r.status_code == 401:
+                    raise _token_refused(r)
                 if r.status_code not in (201, 409):
                     raise BenchError(f"onboarding {seller} failed: {r.status_code} {r.text[:400]}")
             for seller in sellers:
                 r = await client.get(f"/api/v1/sellers/{seller}")
+                if r.status_code == 401:
+                    raise _token_refused(r)
                 if r.status_code != 200:
                     say(f"cannot read seller {seller} ({r.status_code}): its commission journal is not required")
                     continue
@@ -195,10 +207,7 @@ class Bench:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             r = await client.post("/api/v1/payments", json=body, headers={"Authorization": f"Bearer {token}"})
         if r.status_code in (401, 403):
-            raise BenchError(
-                f"the service refused the bench's token ({r.status_code}): the bench signs it with MP_JWT_SECRET "
-                f"(or the data directory's generated secret); give both the same secret. Answer: {r.text[:300]}"
-            )
+            raise _token_refused(r)
         if r.status_code != 202 or "location" not in r.headers:
             raise BenchError(f"a probe payment was not accepted: {r.status_code} {r.text[:600]}")
         payment_id = payment_id_from_location(r.headers["location"].encode())
@@ -356,7 +365,7 @@ class Bench:
                     kind = message["type"]
                     if kind in ("progress", "done"):
                         tracker.add(message["locations"], _doubles(message["accepted_at"]))
-                        state.sent, state.answered = message["sent"], message["answered"]
+                        state.sent, state.answered, state.not_ok = (message[k] for k in ("sent", "answered", "not_ok"))
                         state.in_flight, state.queued = message["in_flight"], message["queued"]
                     if kind == "started":
                         state.started = message
@@ -402,7 +411,8 @@ class Bench:
     def _progress(self, phase: str, elapsed: float, state: LoadState, tracker: SettleTracker) -> None:
         rss = f" | rss {self.rss.peak_bytes / 2**20:.0f} MB" if self.rss is not None else ""
         say(
-            f"[{elapsed:5.0f}s {phase}] sent {state.sent} answered {state.answered} in flight {state.in_flight}"
+            f"[{elapsed:5.0f}s {phase}] sent {state.sent} answered {state.answered} (not 202: {state.not_ok})"
+            f" in flight {state.in_flight}"
             f" queued {state.queued} | accepted {len(tracker.accepted_at)} settled {len(tracker.settled_at)}"
             f" open {len(tracker.open)}{rss}"
         )
