@@ -18,7 +18,9 @@ from marketplace_pay.entrypoints.bench.figures import (
     payment_body,
     percentile,
     ratio,
+    settled_in_window,
     table,
+    window_lags,
 )
 from marketplace_pay.entrypoints.bench.loadgen import RequestTemplate
 from marketplace_pay.entrypoints.bench.probes import parse_tps, with_database
@@ -152,6 +154,24 @@ def test_a_fee_that_rounds_to_zero_needs_no_commission_journal() -> None:
 
 
 # --- lag figures ----------------------------------------------------------------------------
+
+
+def test_settled_per_s_counts_settlements_inside_the_window_on_the_database_clock() -> None:
+    # window [100, 110) on this host; the database clock runs 2 s ahead: [102, 112) there
+    settle_times = [100.5, 110.5, 111.99, 112.0]
+    assert settled_in_window(settle_times, 100.0, 110.0, offset_s=2.0) == 2  # 110.5 and 111.99
+    assert settled_in_window(settle_times, 100.0, 110.0, offset_s=0.0) == 1  # 100.5
+
+
+def test_settle_lag_runs_from_the_202_to_the_last_journal_for_payments_accepted_in_the_window() -> None:
+    accepted = {1: 99.0, 2: 100.0, 3: 105.0, 4: 106.0, 5: 109.9, 6: 110.0}
+    settled = {1: 101.0, 2: 102.5, 3: 107.0, 6: 111.0, 5: 111.9}
+    lags = window_lags(accepted, settled, declined={4}, window_start=100.0, window_end=110.0, offset_s=2.0)
+    # 1 and 6 were accepted outside the window; 4 was declined; 3 settled "before" its 202
+    # once the clocks are aligned (an early journal read late): 0, never negative
+    assert lags == [(100.0, 0.5), (105.0, 0.0), (109.9, 0.0)]
+    no_offset = window_lags(accepted, {}, declined=set(), window_start=100.0, window_end=110.0, offset_s=0.0)
+    assert [lag for _, lag in no_offset] == [math.inf] * 4
 
 
 def test_lag_growth_compares_the_first_and_the_last_third_of_the_window() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("scenario", "PSP simulator scenario"),
     ("workers", "service worker processes asked for (null: the service's default)"),
     ("service_processes", "most processes seen in the service's process tree"),
+    ("service_cpu_pct", "CPU the service's processes used during the load, % of one core"),
     ("generator_cpu_pct", "CPU the load generator used, % of one core"),
     ("generator_cpu_us_per_request", "load generator CPU per request sent"),
     ("bench_cpu_pct", "CPU the bench's own process (polling, bookkeeping) used during the load, % of one core"),
@@ -141,6 +142,33 @@ def payment_body(lines: Sequence[tuple[str, int]], run_id: str, currency: str = 
         "paymentOrders": [{"sellerId": s, "amount": {"quantity": q, "currency": currency}} for s, q in lines],
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def settled_in_window(settled_at: Iterable[float], window_start: float, window_end: float, offset_s: float) -> int:
+    """Settlements completed inside the window. Settle times are on the database clock, the
+    window on this host's: the window moves by the clocks' offset (database minus host)."""
+    return sum(1 for t in settled_at if window_start + offset_s <= t < window_end + offset_s)
+
+
+def window_lags(
+    accepted_at: Mapping[int, float],
+    settled_at: Mapping[int, float],
+    declined: Collection[int],
+    window_start: float,
+    window_end: float,
+    offset_s: float,
+) -> list[tuple[float, float]]:
+    """(accept time, settle lag) of the payments accepted inside the window: lag = settle time
+    (database clock) - accept time moved onto the database clock; infinite if it never settled.
+    A payment declined after its 202 has nothing to settle and is left out."""
+    lags = []
+    for payment_id, at in accepted_at.items():
+        if not window_start <= at < window_end or payment_id in declined:
+            continue
+        settle = settled_at.get(payment_id)
+        # the 202 is read after the server committed, so an early journal can predate it by a hair
+        lags.append((at, max(0.0, settle - (at + offset_s)) if settle is not None else math.inf))
+    return lags
 
 
 @dataclass(frozen=True, slots=True)

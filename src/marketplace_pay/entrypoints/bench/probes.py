@@ -160,8 +160,19 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-class RssSampler:
-    """Peak of the summed RSS of a process tree (the service and its workers)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process (all its threads) has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessTreeSampler:
+    """Peak of the summed RSS of a process tree (the service and its workers), and its CPU time."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
@@ -174,6 +185,10 @@ class RssSampler:
             return
         self.peak_bytes = max(self.peak_bytes, sum(rss_bytes(p) for p in pids))
         self.processes_max = max(self.processes_max, len(pids))
+
+    def cpu_s(self) -> float:
+        """CPU time of the tree's live processes (a worker that exited takes its share along)."""
+        return sum(cpu_seconds(p) for p in process_tree(self.roots))
 
 
 def listening_pids(port: int) -> list[int]:

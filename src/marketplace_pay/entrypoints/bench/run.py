@@ -30,7 +30,7 @@ from marketplace_pay.entrypoints.bench import figures as fig
 from marketplace_pay.entrypoints.bench.loadgen import LoadPlan, RequestTemplate, run_child
 from marketplace_pay.entrypoints.bench.probes import (
     BenchError,
-    RssSampler,
+    ProcessTreeSampler,
     ServeProcess,
     db_clock_offset_s,
     db_counters,
@@ -100,13 +100,14 @@ class Bench:
         self.args = args
         self.env = dict(os.environ)
         self.serve: ServeProcess | None = None
-        self.rss: RssSampler | None = None
+        self.procs: ProcessTreeSampler | None = None
         self.workers: int | None = None
         self.scenario: str | None = None
         self.conn: asyncpg.Connection | None = None
         self.run_id = secrets.token_hex(4)
         self.commission_bps: dict[str, int] = {}
         self.bench_cpu_pct: float | None = None
+        self.service_cpu_pct: float | None = None
 
     # --- set-up -----------------------------------------------------------------------------
     def _check_args(self) -> None:
@@ -227,7 +228,8 @@ class Bench:
             return await self._run()
         finally:
             if self.serve is not None and self.serve.proc is not None and self.serve.exit_code is None:
-                self.serve.stop()
+                status = self.serve.stop()  # the run failed: the service's log may say why
+                say(f"stopped the service (exit status {status}); its log: {self.serve.log_path}")
             if self.conn is not None:
                 await self.conn.close()
 
@@ -250,11 +252,11 @@ class Bench:
         await self._probe(url, token, lines)
 
         if self.serve is not None and self.serve.proc is not None:
-            self.rss = RssSampler([self.serve.proc.pid])
+            self.procs = ProcessTreeSampler([self.serve.proc.pid])
         else:
             host, port = urlsplit(url).hostname or "", urlsplit(url).port or 80
             roots = listening_pids(port) if is_local(host) else []
-            self.rss = RssSampler(roots) if roots else None
+            self.procs = ProcessTreeSampler(roots) if roots else None
             if not roots:
                 say("peak_rss_mb: the service's processes are not visible from here; it stays null")
 
@@ -286,9 +288,12 @@ class Bench:
         )
         mode = f"open loop at {a.rate:g}/s" if a.rate else f"closed loop, {plan.concurrency} connections"
         say(f"load: {mode}, {len(lines)} orders per payment, warmup {a.warmup:g} s, measured {a.duration:g} s")
-        cpu0, wall0 = _cpu_s(), time.monotonic()
+        cpu0, service_cpu0, wall0 = _cpu_s(), self.procs.cpu_s() if self.procs else None, time.monotonic()
         state = await self._load(plan, tracker)
-        self.bench_cpu_pct = round(100 * (_cpu_s() - cpu0) / (time.monotonic() - wall0), 1)
+        wall_s = time.monotonic() - wall0
+        self.bench_cpu_pct = round(100 * (_cpu_s() - cpu0) / wall_s, 1)
+        if self.procs is not None and service_cpu0 is not None:
+            self.service_cpu_pct = round(100 * (self.procs.cpu_s() - service_cpu0) / wall_s, 1)
         result = state.result
         assert result is not None
         load_end = time.monotonic()
@@ -308,7 +313,7 @@ class Bench:
         reconcile_clean, recon_out = await recon
         if not reconcile_clean:
             say(f"reconcile is NOT clean:\n{recon_out[-2000:]}")
-        self._sample_rss()
+        self._sample_processes()
 
         serve_exit = None
         if self.serve is not None:
@@ -335,14 +340,14 @@ class Bench:
         ok = reconcile_clean and figures["accepted"] > 0 and (self.serve is None or serve_exit == 0)
         return 0 if ok else 1
 
-    def _sample_rss(self) -> None:
-        if self.rss is not None:
-            self.rss.sample()
+    def _sample_processes(self) -> None:
+        if self.procs is not None:
+            self.procs.sample()
 
     async def _sampling_sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            self._sample_rss()
+            self._sample_processes()
             await asyncio.sleep(min(0.5, left))
 
     async def _load(self, plan: LoadPlan, tracker: SettleTracker) -> LoadState:
@@ -386,7 +391,7 @@ class Bench:
         try:
             while not state.finished.is_set():
                 now = time.monotonic()
-                self._sample_rss()
+                self._sample_processes()
                 if now >= next_poll:
                     await tracker.poll(self.conn)
                     next_poll = time.monotonic() + POLL_DURING_LOAD_S
@@ -409,7 +414,7 @@ class Bench:
         return state
 
     def _progress(self, phase: str, elapsed: float, state: LoadState, tracker: SettleTracker) -> None:
-        rss = f" | rss {self.rss.peak_bytes / 2**20:.0f} MB" if self.rss is not None else ""
+        rss = f" | rss {self.procs.peak_bytes / 2**20:.0f} MB" if self.procs is not None else ""
         say(
             f"[{elapsed:5.0f}s {phase}] sent {state.sent} answered {state.answered} (not 202: {state.not_ok})"
             f" in flight {state.in_flight}"
@@ -453,18 +458,14 @@ class Bench:
         window_s = we - ws
         latency = sorted(_doubles(r["latency_s"]))
         accepted_per_s = fig.per_s(r["ok_in_window"], window_s)
-        # settle times are on the database clock: move the window onto it
-        settled = sum(1 for t in tracker.settled_at.values() if ws + offset_s <= t < we + offset_s)
+        settled = fig.settled_in_window(tracker.settled_at.values(), ws, we, offset_s)
         settled_per_s = fig.per_s(settled, window_s)
-        lags = []
-        for payment_id, at in tracker.accepted_at.items():
-            if not ws <= at < we or payment_id in tracker.declined:
-                continue
-            settle = tracker.settled_at.get(payment_id)
-            lags.append((at, max(0.0, settle - (at + offset_s)) if settle is not None else float("inf")))
-        lag = fig.lag_figures(lags, ws, we)
+        lag = fig.lag_figures(
+            fig.window_lags(tracker.accepted_at, tracker.settled_at, tracker.declined, ws, we, offset_s), ws, we
+        )
         payments = len(tracker.accepted_at)
         outcomes = dict(r["window_outcomes"])
+        procs = self.procs
         return {
             "accepted_per_s": accepted_per_s,
             "latency_p50_ms": fig.ms(fig.percentile(latency, 50)),
@@ -476,7 +477,7 @@ class Bench:
             "settle_lag_first_third_p50_ms": fig.ms(lag.first_third_p50_s),
             "settle_lag_last_third_p50_ms": fig.ms(lag.last_third_p50_s),
             "settle_lag_growth": lag.growth,
-            "peak_rss_mb": round(self.rss.peak_bytes / 2**20, 1) if self.rss is not None and self.rss.peak_bytes else None,
+            "peak_rss_mb": round(procs.peak_bytes / 2**20, 1) if procs is not None and procs.peak_bytes else None,
             "reconcile_clean": reconcile_clean,
             "pgbench_tps": round(pgbench_tps, 1) if pgbench_tps is not None else None,
             "accepted_ratio": fig.ratio(accepted_per_s, pgbench_tps),
@@ -498,9 +499,10 @@ class Bench:
             "sellers_per_payment": a.sellers_per_payment,
             "scenario": self.scenario,
             "workers": self.workers,
-            "service_processes": self.rss.processes_max if self.rss is not None and self.rss.processes_max else None,
+            "service_processes": procs.processes_max if procs is not None and procs.processes_max else None,
             "generator_cpu_pct": round(100 * r["cpu_s"] / r["active_s"], 1) if r["active_s"] else None,
             "generator_cpu_us_per_request": round(1e6 * r["cpu_s"] / r["sent"], 1) if r["sent"] else None,
+            "service_cpu_pct": self.service_cpu_pct,
             "bench_cpu_pct": self.bench_cpu_pct,
             "settle_poll_ms_mean": round(1000 * tracker.poll_s / tracker.polls, 1) if tracker.polls else None,
             "db_clock_offset_ms": round(offset_s * 1000, 2),
