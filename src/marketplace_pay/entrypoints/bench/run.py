@@ -505,7 +505,7 @@ class Bench:
             "service_cpu_pct": self.service_cpu_pct,
             "bench_cpu_pct": self.bench_cpu_pct,
             "settle_poll_ms_mean": round(1000 * tracker.poll_s / tracker.polls, 1) if tracker.polls else None,
-            "db_clock_offset_ms": round(offset_s * 1000, 2),
+            "db_clock_offset_ms": round(offset_s * 1000, 2) + 0.0,  # + 0.0: no "-0.0"
             "serve_exit_code": serve_exit,
         }
 
