@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import os
 import resource
 import sys
 import time
@@ -490,10 +491,18 @@ class Generator:
 
 def run_child(plan: LoadPlan, pipe: Any) -> None:
     """Process entry point: run the plan under uvloop, send progress and the final dict."""
+    import signal
+
     import uvloop
 
+    # Ctrl-C reaches the whole process group: the parent decides when the load stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def report(message: dict[str, Any]) -> None:
-        pipe.send(message)
+        try:
+            pipe.send(message)
+        except OSError:
+            os._exit(3)  # the parent is gone: there is nobody to load for
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -15,9 +15,11 @@ import multiprocessing
 import os
 import resource
 import secrets
+import signal
 import sys
 import time
 from array import array
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -55,13 +57,26 @@ POLL_DURING_DRAIN_S = 0.5
 def main(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(Bench(args).run())
+            return runner.run(_cancelled_by_sigterm(Bench(args).run()))
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+async def _cancelled_by_sigterm(run: Coroutine[Any, Any, int]) -> int:
+    """SIGTERM stops the bench as Ctrl-C does: the run is cancelled, so the load generator and
+    a service the bench started are stopped rather than left behind."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _redacted(dsn: str) -> str:
@@ -340,6 +355,14 @@ class Bench:
         ok = reconcile_clean and figures["accepted"] > 0 and (self.serve is None or serve_exit == 0)
         return 0 if ok else 1
 
+    def _check_service_alive(self) -> None:
+        if self.serve is not None and self.serve.proc is not None and self.serve.proc.poll() is not None:
+            self.serve.exit_code = self.serve.proc.returncode
+            raise BenchError(
+                f"the service exited with status {self.serve.exit_code} during the run; its log, "
+                f"{self.serve.log_path}, ends with:\n{self.serve.log_tail()}"
+            )
+
     def _sample_processes(self) -> None:
         if self.procs is not None:
             self.procs.sample()
@@ -391,6 +414,7 @@ class Bench:
         try:
             while not state.finished.is_set():
                 now = time.monotonic()
+                self._check_service_alive()
                 self._sample_processes()
                 if now >= next_poll:
                     await tracker.poll(self.conn)
@@ -427,6 +451,7 @@ class Bench:
         deadline = time.monotonic() + self.args.drain_timeout
         started = next_print = time.monotonic()
         while tracker.open and time.monotonic() < deadline:
+            self._check_service_alive()
             await tracker.poll(self.conn)
             if time.monotonic() >= next_print and tracker.open:
                 say(f"[{time.monotonic() - started:5.1f}s drain] {len(tracker.open)} payments not settled yet")
