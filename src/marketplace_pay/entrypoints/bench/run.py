@@ -421,7 +421,7 @@ class Bench:
                     next_poll = time.monotonic() + POLL_DURING_LOAD_S
                 if now >= next_print:
                     self._progress("load", now - t0, state, tracker)
-                    next_print += 1.0
+                    next_print = max(next_print + 1.0, now + 0.5)  # a slow poll does not bunch lines
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.finished.wait(), timeout=0.5)
         finally:
