@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters, bench."""
 
 from __future__ import annotations
 
@@ -327,6 +327,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--consumer", help="every waiting dead letter of this consumer")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     dead.set_defaults(fn=cmd_dead_letters)
+
+    from marketplace_pay.entrypoints.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
