@@ -62,11 +62,16 @@ CROSS JOIN LATERAL (
 ) o
 """
 
-# The rows of transactions that were still running behind a read position and have finished.
+# The rows that transactions still running at an earlier read, and finished since, committed
+# *behind* each shard's read position (rows ahead of it are the next reads' business, in order).
 _READ_LATE = f"""
-SELECT {_COLUMNS} FROM outbox o
-WHERE o.shard = ANY($1::smallint[]) AND o.tx = ANY($2::xid8[])
-ORDER BY o.tx, o.id
+SELECT {_COLUMNS}
+FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS c(shard, tx, id)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox o
+    WHERE o.shard = c.shard AND o.tx = ANY($4::xid8[]) AND (o.tx, o.id) < (c.tx, c.id)
+    ORDER BY o.tx, o.id
+) o
 """
 
 _SAVE_CURSORS = """
@@ -346,7 +351,9 @@ class OutboxRelay:
             current = snapshot or await self._pool.fetchval("SELECT pg_current_snapshot()::text")
             finished = self._waiting - running(current)
             if finished:
-                rows += await self._pool.fetch(_READ_LATE, list(shards), sorted(finished))
+                rows += await self._pool.fetch(
+                    _READ_LATE, list(shards), [tx for tx, _ in positions], [i for _, i in positions], sorted(finished)
+                )
                 self._waiting -= finished
                 self._progress.set()  # the cursors may move up to what was held back
         if snapshot is not None:
