@@ -412,6 +412,7 @@ def bootstrap(
         jwks_url=settings.jwt_jwks_url,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        jwks_cache_s=settings.jwt_jwks_cache_s,
     )
     container = Container(
         settings=settings,
