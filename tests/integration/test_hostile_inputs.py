@@ -265,3 +265,11 @@ async def test_options_lists_every_method_of_a_path(svc: Service) -> None:
     r = await svc.client.delete("/api/v1/sellers/SELLER-111", headers=svc.auth("ADMIN"))
     assert_problem(r, 405)
     assert set(r.headers["allow"].split(", ")) == {"GET", "OPTIONS", "PATCH"}
+
+
+@pytest.mark.parametrize("claim", ["a\x00b", "\ud800", "a/b", " "], ids=["NUL", "lone surrogate", "slash", "blank"])
+async def test_a_seller_id_claim_that_names_no_seller_is_403(svc: Service, claim: str) -> None:
+    headers = svc.auth("SELLER", seller=claim)
+    assert_problem(await svc.client.get("/api/v1/sellers/me/balance", headers=headers), 403)
+    r = await svc.client.get("/api/v1/accounts/MERCHANT_PAYABLE.SELLER-111.EUR/postings", headers=headers)
+    assert_problem(r, 403)

@@ -28,6 +28,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from marketplace_pay.settings import SettingsError, check_jwt_secret
+from marketplace_pay.shared.client_ids import is_seller_id
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,10 @@ class JwtVerifier:
         subject = str(claims.get("sub") or claims.get("azp") or claims.get("client_id") or "unknown")
         client = str(claims.get("azp") or claims.get("sub") or claims.get("client_id") or "unknown")
         seller = claims.get("seller_id")
-        who = Principal(subject=subject, roles=_roles(claims), seller_id=str(seller) if seller else None, client=client)
+        # a claim that no seller id can equal (NUL, a lone surrogate, …) names no seller: it must
+        # not reach a query, where PostgreSQL would refuse it
+        seller_id = str(seller) if seller and is_seller_id(str(seller)) else None
+        who = Principal(subject=subject, roles=_roles(claims), seller_id=seller_id, client=client)
         return who, float(claims["exp"]), kid
 
 

@@ -63,7 +63,7 @@ async def _seller_balance(request: Request[Any, Any, Any], seller_id: str) -> Se
 async def my_balance(request: Request[Any, Any, Any]) -> SellerBalanceView:
     seller_id = principal(request).seller_id
     if not seller_id:
-        raise PermissionDeniedException("The token has no seller_id claim")
+        raise PermissionDeniedException("The token has no seller_id claim that names a seller")
     return await _seller_balance(request, seller_id)
 
 
