@@ -19,6 +19,7 @@ from marketplace_pay.settings import Settings
 from tests import services
 
 RUN = f"{os.getpid()}_{secrets.token_hex(3)}"
+JWT_SECRET = secrets.token_urlsafe(48)  # what the service accepts: a guessable one is refused
 TEMPLATE = f"mp_tpl_{RUN}"
 
 
@@ -132,7 +133,7 @@ def make_settings(dsn: str, redis_url: str, redis_prefix: str, data_dir: str, **
         redis_prefix=redis_prefix,
         data_dir=Path(data_dir),
         instance_name=f"test-{RUN}-{secrets.token_hex(2)}",
-        jwt_secret="test-secret-0123456789-0123456789-0123456789",
+        jwt_secret=JWT_SECRET,
         psp_scenario="BEST_PSP_EVER",
         retry_base_ms=20,
         retry_cap_ms=200,

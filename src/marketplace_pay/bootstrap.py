@@ -285,6 +285,7 @@ def bootstrap(
         jwks_url=s.jwt_jwks_url,
         issuer=s.jwt_issuer,
         audience=s.jwt_audience,
+        jwks_cache_s=s.jwt_jwks_cache_s,
     )
     container = Container(
         settings=s,

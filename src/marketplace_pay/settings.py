@@ -7,6 +7,7 @@ Every setting has a default so that `marketplace-pay serve` runs with nothing co
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,23 @@ def _str(env: Mapping[str, str], name: str, default: str | None = None) -> str |
 
 PSP_SCENARIOS = ("NORMAL", "PEAK", "DEGRADED", "BEST_PSP_EVER")
 
+JWT_SECRET_BYTES_MIN = 32
+# Template text ("change-me-to-a-long-random-secret…") and secrets made of nothing but such
+# words and digits ("secret-secret-1234…", "test-secret-0123456789…").
+_PLACEHOLDER = re.compile(r"change.?me|placeholder|example|replace.?me|your.?secret|insert.?here", re.IGNORECASE)
+_PLACEHOLDER_WORDS = re.compile(r"(?:secret|password|passwd|jwt|key|token|test|dev|default|[0-9])+")
+GENERATE_SECRET_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def check_jwt_secret(secret: str, source: str = "MP_JWT_SECRET") -> None:
+    """Refuse HS256 secrets that anyone could guess: whoever knows the secret can mint tokens
+    with any role."""
+    if len(secret.encode("utf-8", "surrogatepass")) < JWT_SECRET_BYTES_MIN:
+        raise SettingsError(f"{source} must be at least {JWT_SECRET_BYTES_MIN} bytes; {GENERATE_SECRET_HINT}")
+    letters = re.sub(r"[^a-z0-9]", "", secret.lower())
+    if _PLACEHOLDER.search(secret) or _PLACEHOLDER_WORDS.fullmatch(letters) or len(set(secret)) < 8:
+        raise SettingsError(f"{source} looks like a placeholder, not a secret; {GENERATE_SECRET_HINT}")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -52,6 +70,7 @@ class Settings:
     jwt_jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_jwks_cache_s: int = 300
 
     # PSP simulator
     psp_scenario: str = "NORMAL"
@@ -126,6 +145,7 @@ class Settings:
             jwt_jwks_url=_str(env, "MP_JWT_JWKS_URL"),
             jwt_issuer=_str(env, "MP_JWT_ISSUER"),
             jwt_audience=_str(env, "MP_JWT_AUDIENCE"),
+            jwt_jwks_cache_s=_int(env, "MP_JWT_JWKS_CACHE_S", defaults.jwt_jwks_cache_s, minimum=1),
             psp_scenario=scenario,
             psp_seed=_int(env, "MP_PSP_SEED", defaults.psp_seed),
             psp_auth_timeout_ms=_int(env, "MP_PSP_AUTH_TIMEOUT_MS", defaults.psp_auth_timeout_ms, minimum=1),
@@ -178,6 +198,14 @@ class Settings:
             raise SettingsError("MP_RETRY_CAP_MS must be >= MP_RETRY_BASE_MS")
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("MP_DB_POOL_MIN must be <= MP_DB_POOL_MAX")
+        if settings.jwt_jwks_url and not settings.jwt_audience:
+            # a realm's JWKS signs the tokens of every client of the realm: only the audience
+            # says which of them are meant for this service
+            raise SettingsError(
+                "MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set (the client id tokens for this service carry in aud)"
+            )
+        if settings.jwt_secret is not None:
+            check_jwt_secret(settings.jwt_secret)
         return settings
 
     def with_(self, **changes: object) -> Settings:

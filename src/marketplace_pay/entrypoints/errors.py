@@ -1,4 +1,4 @@
-"""The one error map: every error is RFC 9457 application/problem+json (SPEC §3.2).
+"""The one error map: every error is RFC 9457 application/problem+json.
 
     {"type", "title", "status", "detail", "instance", "traceId", "errors": [{"field", "message"}]}
 
@@ -9,7 +9,9 @@ anything unexpected is a 500 whose body says nothing about internals.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import asyncpg
 import msgspec
@@ -31,6 +33,7 @@ from marketplace_pay.shared.errors import (
     DomainError,
     FieldError,
     NotFoundError,
+    Problem,
     UnprocessableError,
     ValidationError,
 )
@@ -41,14 +44,17 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://marketplace-pay.dev/problems/"
 
 
-class Problem(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-    traceId: str  # noqa: N815 - wire name
-    errors: list[FieldError] | None = None
+def _text(text: str) -> str:
+    """Text that can be encoded as UTF-8 whatever a client smuggled into it (a lone surrogate
+    would make the encoder fail inside the error handler)."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def instance_of(request: Request[Any, Any, Any]) -> str:
+    """The request's path as the client sent it (percent-encoded), a URI reference as RFC 9457
+    wants; the decoded path may hold anything."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8", "surrogatepass")
+    return quote_from_bytes(raw.split(b"?", 1)[0], safe="/%:@!$&'()*+,;=-._~")
 
 
 def problem(
@@ -63,12 +69,12 @@ def problem(
 ) -> Response[bytes]:
     body = Problem(
         type=PROBLEM_BASE + slug,
-        title=title,
+        title=_text(title),
         status=status,
-        detail=detail,
-        instance=request.url.path,
+        detail=_text(detail),
+        instance=instance_of(request),
         traceId=current_ids()[0],
-        errors=errors,
+        errors=[FieldError(_text(e.field), _text(e.message)) for e in errors] if errors else None,
     )
     return Response(
         content=msgspec.json.encode(body),
@@ -113,12 +119,13 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
         ]
         return problem(request, 400, "validation-error", "Invalid request", exc.detail, errors=errors or None)
     if 400 <= status < 500:
-        return problem(request, status, f"http-{status}", exc.detail or "Client error", exc.detail, headers=headers)
+        title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Client error"
+        return problem(request, status, f"http-{status}", title, exc.detail or title, headers=headers)
     return _unexpected(request, exc)
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.warning("dependency unavailable", extra={"error": repr(exc), "path": request.url.path})
+    log.warning("dependency unavailable", extra={"error": repr(exc), "path": instance_of(request)})
     return problem(
         request,
         503,
@@ -130,7 +137,7 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[by
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    log.error("unhandled error", exc_info=exc, extra={"path": instance_of(request)})
     return problem(request, 500, "internal", "Internal error", "An unexpected error occurred")
 
 

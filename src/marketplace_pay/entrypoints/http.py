@@ -12,6 +12,7 @@ import ctypes
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -28,18 +30,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from marketplace_pay.balances.adapters.http import ROUTES as BALANCE_ROUTES
 from marketplace_pay.bootstrap import Container, bootstrap
-from marketplace_pay.infra.resources import open_resources
-from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS
+from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS, PROBLEM_BASE, PROBLEM_JSON, instance_of
 from marketplace_pay.entrypoints.jobs import running
 from marketplace_pay.infra import metrics
-from marketplace_pay.infra.openapi import component_schemas
 from marketplace_pay.infra.logs import setup_logging
-from marketplace_pay.infra.telemetry import server_span, setup_tracing
+from marketplace_pay.infra.openapi import PROBLEM_JSON as DOC_PROBLEM_JSON
+from marketplace_pay.infra.openapi import component_schemas, documented
+from marketplace_pay.infra.resources import open_resources
+from marketplace_pay.infra.telemetry import current_ids, server_span, setup_tracing
 from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
 from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
 from marketplace_pay.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# W3C trace context: version (not ff), trace id, parent id, flags; a later version may append
+# fields. Anything else is ignored: a client's broken header must not cost it its request.
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-[\x21-\x7e]*)?")
+_TRACEPARENT_LENGTH_MAX = 512
+
+
+def incoming_traceparent(headers: Any) -> str | None:
+    """The request's traceparent header if it is a well-formed W3C one, else None."""
+    raw = None
+    for name, value in headers or ():
+        if name == b"traceparent":
+            if raw is not None:
+                return None  # several: which one is the parent is anyone's guess
+            raw = value
+    if raw is None or len(raw) > _TRACEPARENT_LENGTH_MAX or _TRACEPARENT.fullmatch(raw) is None:
+        return None
+    return raw.decode("ascii")
 
 
 def observe(app: ASGIApp) -> ASGIApp:
@@ -49,8 +71,8 @@ def observe(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())
-        incoming = headers.get(b"traceparent")
+        incoming = incoming_traceparent(scope.get("headers"))
+        method = scope["method"]
         started = time.perf_counter()
         status = 500
 
@@ -63,25 +85,73 @@ def observe(app: ASGIApp) -> ASGIApp:
                 message["headers"] = [*message["headers"], (b"x-trace-id", format(ctx.trace_id, "032x").encode())]
             await send(message)
 
-        with server_span(f"{scope['method']} {scope['path']}", incoming.decode() if incoming else None) as span:
+        with server_span(f"{method} {scope.get('path_template', 'unmatched')}", incoming) as span:
             try:
                 await app(scope, receive, send_wrapper)
             finally:
                 route = scope.get("path_template", "unmatched")
-                span.update_name(f"{scope['method']} {route}")
+                span.update_name(f"{method} {route}")
                 span.set_attribute("http.response.status_code", status)
-                metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(time.perf_counter() - started)
+                metrics.HTTP_LATENCY.labels(method, route, str(status)).observe(time.perf_counter() - started)
 
     return middleware
 
 
-@get("/health/live", summary="Liveness", tags=["operations"], sync_to_thread=False)
-def live() -> dict[str, str]:
-    return {"status": "ok"}
+class Liveness(msgspec.Struct, frozen=True):
+    status: str
 
 
-@get("/health/ready", summary="Readiness: database, Redis and the bus", tags=["operations"])
-async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+class Readiness(msgspec.Struct, frozen=True):
+    status: str
+    checks: dict[str, str]
+
+
+class NotReady(msgspec.Struct, frozen=True):
+    """A problem (RFC 9457) with the checks as an extension member."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    traceId: str  # noqa: N815 - wire name
+    checks: dict[str, str]
+
+
+_NOT_READY = {
+    "description": "A dependency is down (problem+json with the checks); retry after Retry-After seconds",
+    "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+    "content": {DOC_PROBLEM_JSON: {"schema": msgspec.json.schema(NotReady)["$defs"]["NotReady"]}},
+}
+
+
+class _ReadyOperation(documented(public=True)):  # type: ignore[misc]
+    def to_schema(self) -> dict[str, Any]:
+        result = super().to_schema()
+        result["responses"]["503"] = _NOT_READY
+        return result
+
+
+@get(
+    "/health/live",
+    summary="Liveness",
+    tags=["operations"],
+    sync_to_thread=False,
+    operation_id="live",
+    operation_class=documented(public=True),
+)
+def live() -> Liveness:
+    return Liveness("ok")
+
+
+@get(
+    "/health/ready",
+    summary="Readiness: database, Redis and the bus",
+    tags=["operations"],
+    operation_id="ready",
+    operation_class=_ReadyOperation,
+)
+async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     container: Container = request.app.state.container
     checks: dict[str, str] = {}
     resources = container.resources
@@ -97,15 +167,35 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         await check("database", lambda: resources.pool.fetchval("SELECT true"))
         await check("redis", resources.redis.ping)
     await check("bus", container.bus.ready)
-    healthy = all(v == "ok" for v in checks.values())
+    if all(v == "ok" for v in checks.values()):
+        return Response(Readiness("ok", checks))
+    down = ", ".join(name for name, v in checks.items() if v != "ok")
+    not_ready = NotReady(
+        type=PROBLEM_BASE + "unavailable",
+        title="Service unavailable",
+        status=503,
+        detail=f"Not ready: {down}",
+        instance=instance_of(request),
+        traceId=current_ids()[0],
+        checks=checks,
+    )
     return Response(
-        {"status": "ok" if healthy else "unavailable", "checks": checks},
-        status_code=200 if healthy else 503,
-        headers=None if healthy else {"Retry-After": "1"},
+        msgspec.json.encode(not_ready),  # type: ignore[arg-type]
+        status_code=503,
+        media_type=PROBLEM_JSON,
+        headers={"Retry-After": "1"},
     )
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
+    sync_to_thread=False,
+    media_type=CONTENT_TYPE_LATEST,
+    operation_id="metrics",
+    operation_class=documented(public=True),
+)
 def prometheus() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

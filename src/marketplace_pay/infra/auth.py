@@ -1,4 +1,4 @@
-"""JWT bearer authentication and the role table (SPEC §3.1).
+"""JWT bearer authentication and the role table.
 
 HS256 with MP_JWT_SECRET by default (generated once into the data directory when unset);
 RS256/ES256 via a JWKS URL (MP_JWT_JWKS_URL, Keycloak-compatible) when set. Roles come from
@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
+import re
 import secrets
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
+
+from marketplace_pay.settings import SettingsError, check_jwt_secret
+from marketplace_pay.shared.client_ids import is_seller_id
+
+log = logging.getLogger(__name__)
 
 PAYMENT_WRITE = "payment:write"
 PAYMENT_READ = "payment:read"
@@ -33,38 +42,63 @@ ROLES = (PAYMENT_WRITE, PAYMENT_READ, SELLER, FINANCE, ADMIN)
 _SCOPE_KEY = "mp.principal"
 
 
+_PLAIN_SCOPE = re.compile(r"[!-~]{1,64}")
+
+
 class Principal(msgspec.Struct, frozen=True):
     subject: str
     roles: frozenset[str]
     seller_id: str | None = None
+    # The calling client: the token's `azp` (the OAuth client the token was issued to), else its
+    # `sub`. Several users of one client app are one client; one user through two apps is two.
+    client: str | None = None
 
     def has_any(self, roles: Iterable[str]) -> bool:
         return ADMIN in self.roles or not self.roles.isdisjoint(roles)
 
     @property
     def scope(self) -> str:
-        """A bounded identifier of the caller (Idempotency-Key scope)."""
-        if len(self.subject) <= 64:
-            return self.subject
-        return "sha256:" + hashlib.sha256(self.subject.encode()).hexdigest()
+        """A bounded, storable identifier of the calling client (what Idempotency-Keys are
+        scoped to): the client id itself when short visible ASCII, else a hash of it."""
+        client = self.client or self.subject
+        if _PLAIN_SCOPE.fullmatch(client):
+            return client
+        return "sha256:" + hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class AuthError(Exception):
     pass
 
 
+class JwksUnavailable(ConnectionError):
+    """The JWKS cannot be fetched and the keys we have are too old to trust: the service cannot
+    check tokens for now (503, like any backing service that is down)."""
+
+
 def resolve_jwt_secret(configured: str | None, data_dir: Path) -> str:
-    """MP_JWT_SECRET, else a secret generated once into the data directory (mode 0600)."""
+    """MP_JWT_SECRET, else a secret generated once into the data directory (mode 0600).
+
+    Processes starting together may both find no file: each writes a complete secret to a temp
+    file and links it into place, which succeeds for exactly one of them (link never replaces);
+    the others read the winner's. No process can see a half-written file."""
     if configured:
-        return configured
+        return configured  # checked where it was read (Settings.from_env)
     path = data_dir / "jwt-secret"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".jwt-secret-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race: use its secret
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text().strip()
+    check_jwt_secret(secret, source=str(path))
     return secret
 
 
@@ -99,6 +133,80 @@ def _roles(claims: dict[str, Any]) -> frozenset[str]:
 
 _VERIFIED_FOR_S = 60
 _VERIFIED_MAX = 10_000
+JWKS_UNKNOWN_KID_REFETCH_S = 10.0
+
+
+async def _fetch_jwks(url: str) -> Any:
+    async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+        response = await client.get(url, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        return response.json()
+
+
+class JwksKeys:
+    """The signing keys a JWKS URL publishes, by key id.
+
+    Keys are trusted for `max_age_s` after the fetch that returned them, so a key taken out of
+    the JWKS (rotated out after a compromise) stops verifying tokens within that time. A token
+    signed with an unknown key id makes us fetch again (the issuer may have added a key), but at
+    most once per `refetch_min_s`: a flood of made-up key ids cannot hammer the JWKS endpoint.
+    When the keys are too old and the JWKS cannot be fetched, nothing is trusted
+    (JwksUnavailable)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_age_s: float = 300.0,
+        refetch_min_s: float = JWKS_UNKNOWN_KID_REFETCH_S,
+        fetch: Callable[[], Awaitable[Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._max_age_s = max_age_s
+        self._refetch_min_s = min(refetch_min_s, max_age_s)
+        self._fetch = fetch or (lambda: _fetch_jwks(url))
+        self._clock = clock
+        self._keys: dict[str, Any] = {}
+        self._fetched_at: float | None = None  # last fetch that succeeded
+        self._attempted_at: float | None = None  # last fetch, whatever its outcome
+        self._lock = asyncio.Lock()
+
+    def _fresh(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < self._max_age_s
+
+    def _may_fetch(self, now: float) -> bool:
+        return self._attempted_at is None or now - self._attempted_at >= self._refetch_min_s
+
+    def trusts(self, kid: str) -> bool:
+        """Whether a token verified with `kid` before may still be believed."""
+        return kid in self._keys and self._fresh(self._clock())
+
+    async def key(self, kid: str) -> Any:
+        now = self._clock()
+        if not self._fresh(now) or (kid not in self._keys and self._may_fetch(now)):
+            await self._refresh()
+        if not self._fresh(self._clock()):
+            raise JwksUnavailable(f"the JWKS at {self._url} cannot be fetched")
+        key = self._keys.get(kid)
+        if key is None:
+            raise AuthError("the token's signing key is not in the JWKS")
+        return key
+
+    async def _refresh(self) -> None:
+        async with self._lock:  # one fetch at a time; those waiting use its result
+            now = self._clock()
+            if not self._may_fetch(now):
+                return
+            self._attempted_at = now
+            try:
+                data = await self._fetch()
+                jwk_set = jwt.PyJWKSet.from_dict(data)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep what we have while it is fresh
+                log.warning("JWKS fetch failed", extra={"url": self._url, "error": repr(exc)})
+                return
+            self._keys = {k.key_id: k.key for k in jwk_set if k.key_id and k.public_key_use in (None, "sig")}
+            self._fetched_at = now
 
 
 class JwtVerifier:
@@ -110,45 +218,51 @@ class JwtVerifier:
         issuer: str | None = None,
         audience: str | None = None,
         leeway_s: int = 30,
+        jwks_cache_s: float = 300.0,
+        jwks: JwksKeys | None = None,
     ) -> None:
+        if (jwks_url or jwks) and not audience:
+            # a JWKS signs every token of the realm: without an audience any of them would do
+            raise SettingsError("MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set")
         self._secret = secret
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=600) if jwks_url else None
+        self._jwks = jwks or (JwksKeys(jwks_url, max_age_s=jwks_cache_s) if jwks_url else None)
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
-        self._keys: dict[str, Any] = {}
-        # token -> (principal, valid until): a client sends the same token with every request,
-        # and checking its signature again each time is a good part of a request's CPU.
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # token -> (principal, valid until, key id): a client sends the same token with every
+        # request, and checking its signature again each time is a good part of a request's CPU.
+        self._verified: dict[str, tuple[Principal, float, str | None]] = {}
 
-    async def _key(self, token: str) -> tuple[Any, list[str]]:
+    async def _key(self, token: str) -> tuple[Any, list[str], str | None]:
         if self._jwks is None:
             if not self._secret:
                 raise AuthError("no JWT secret configured")
-            return self._secret, ["HS256"]
-        kid = jwt.get_unverified_header(token).get("kid", "")
-        key = self._keys.get(kid)
-        if key is None:  # PyJWKClient does blocking HTTP: keep it off the event loop
-            key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
-            self._keys[kid] = key
-        return key, ["RS256", "ES256"]
+            return self._secret, ["HS256"], None
+        kid = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(kid, str):
+            raise AuthError("the token names no signing key (kid)")
+        return await self._jwks.key(kid), ["RS256", "ES256"], kid
 
     async def verify(self, token: str) -> Principal:
         """The token's principal. A token verified before is trusted again until it expires (as
-        `jwt.decode` would judge it) or for `_VERIFIED_FOR_S`, whichever comes first."""
+        `jwt.decode` would judge it) or for `_VERIFIED_FOR_S`, whichever comes first, and only
+        while the key that signed it is still trusted."""
         now = time.time()
         cached = self._verified.get(token)
-        if cached is not None and now < cached[1]:
+        if cached is not None and now < cached[1] and (cached[2] is None or self._trusts(cached[2])):
             return cached[0]
-        who, expires_at = await self._verify(token)
+        who, expires_at, kid = await self._verify(token)
         if len(self._verified) >= _VERIFIED_MAX:
             self._verified.clear()
-        self._verified[token] = (who, min(expires_at + self._leeway, now + _VERIFIED_FOR_S))
+        self._verified[token] = (who, min(expires_at + self._leeway, now + _VERIFIED_FOR_S), kid)
         return who
 
-    async def _verify(self, token: str) -> tuple[Principal, float]:
+    def _trusts(self, kid: str) -> bool:
+        return self._jwks is not None and self._jwks.trusts(kid)
+
+    async def _verify(self, token: str) -> tuple[Principal, float, str | None]:
         try:
-            key, algorithms = await self._key(token)
+            key, algorithms, kid = await self._key(token)
             claims = jwt.decode(
                 token,
                 key,
@@ -160,10 +274,14 @@ class JwtVerifier:
             )
         except (jwt.PyJWTError, ValueError) as exc:
             raise AuthError(str(exc)) from None
-        subject = claims.get("sub") or claims.get("azp") or claims.get("client_id") or "unknown"
+        subject = str(claims.get("sub") or claims.get("azp") or claims.get("client_id") or "unknown")
+        client = str(claims.get("azp") or claims.get("sub") or claims.get("client_id") or "unknown")
         seller = claims.get("seller_id")
-        who = Principal(subject=str(subject), roles=_roles(claims), seller_id=str(seller) if seller else None)
-        return who, float(claims["exp"])
+        # a claim that no seller id can equal (NUL, a lone surrogate, …) names no seller: it must
+        # not reach a query, where PostgreSQL would refuse it
+        seller_id = str(seller) if seller and is_seller_id(str(seller)) else None
+        who = Principal(subject=subject, roles=_roles(claims), seller_id=seller_id, client=client)
+        return who, float(claims["exp"]), kid
 
 
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

@@ -12,6 +12,18 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
+class Problem(msgspec.Struct, omit_defaults=True):
+    """How the HTTP edge reports every error (RFC 9457 application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    traceId: str  # noqa: N815 - wire name
+    errors: list[FieldError] | None = None
+
+
 class DomainError(Exception):
     """Base class. `detail` is safe to show to the client."""
 

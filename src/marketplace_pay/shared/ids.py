@@ -117,6 +117,12 @@ def encode_public_id(prefix: str, internal_id: int) -> str:
     return prefix + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+def public_id_pattern(prefix: str) -> str:
+    """Exactly the strings `decode_public_id(prefix, …)` accepts: 11 base64url characters, the
+    last of which leaves the 2 padding bits zero."""
+    return f"^{prefix}[A-Za-z0-9_-]{{10}}[AEIMQUYcgkosw048]$"
+
+
 def decode_public_id(prefix: str, public_id: str) -> int:
     if not public_id.startswith(prefix) or len(public_id) != len(prefix) + 11:
         raise InvalidPublicId(public_id)

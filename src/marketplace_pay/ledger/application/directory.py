@@ -9,7 +9,8 @@ from typing import Protocol
 
 import msgspec
 
-from marketplace_pay.ledger.domain.accounts import GLOBAL, AccountStatus, AccountType, account_code
+from marketplace_pay.ledger.domain.accounts import AccountStatus, AccountType, account_code
+from marketplace_pay.shared.client_ids import RESERVED_SELLER_IDS, SELLER_ID_RULE, is_seller_id
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from marketplace_pay.shared.money import Currency
@@ -45,13 +46,13 @@ class SellerStore(Protocol):
     async def list(self) -> list[Seller]: ...
 
 
-RESERVED = frozenset({GLOBAL, "me"})  # GLOBAL: platform accounts; me: /sellers/me/balance
+RESERVED = frozenset(RESERVED_SELLER_IDS)
 
 
 def _check(cmd: OnboardSeller) -> None:
     errors = []
-    if not cmd.seller_id or len(cmd.seller_id) > 128 or any(c.isspace() for c in cmd.seller_id):
-        errors.append(FieldError("sellerId", "must be 1-128 characters without whitespace"))
+    if not is_seller_id(cmd.seller_id):
+        errors.append(FieldError("sellerId", SELLER_ID_RULE))
     elif cmd.seller_id in RESERVED:
         errors.append(FieldError("sellerId", f"{cmd.seller_id} is reserved"))
     if not 0 <= cmd.commission_bps <= 10000:

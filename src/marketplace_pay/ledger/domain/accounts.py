@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 import msgspec
 
+from marketplace_pay.shared.client_ids import ID_LENGTH_MAX, SELLER_ID_CHAR, encodable
 from marketplace_pay.shared.money import Currency
 
 GLOBAL = "GLOBAL"
@@ -102,6 +104,21 @@ def account_code(type_: AccountType, entity_id: str, currency: Currency) -> str:
 
 class InvalidAccountCode(ValueError):
     pass
+
+
+# Every code `account_code` can make: a type, GLOBAL or a seller id, a currency. Published as the
+# accountCode path parameter's pattern; a code outside it names no account (404).
+ACCOUNT_CODE_PATTERN = (
+    f"^(?:{'|'.join(t.value for t in AccountType)})"
+    f"\\.{SELLER_ID_CHAR}{{1,{ID_LENGTH_MAX}}}"
+    f"\\.(?:{'|'.join(c.value for c in Currency)})$"
+)
+ACCOUNT_CODE_LENGTH_MAX = max(len(t.value) for t in AccountType) + ID_LENGTH_MAX + 5
+_ACCOUNT_CODE = re.compile(ACCOUNT_CODE_PATTERN)
+
+
+def is_account_code(code: str) -> bool:
+    return _ACCOUNT_CODE.fullmatch(code) is not None and encodable(code)
 
 
 def parse_account_code(code: str) -> Account:

@@ -1,8 +1,9 @@
-"""HTTP adapter of the payments context (SPEC §3.3, §3.4)."""
+"""HTTP adapter of the payments context: POST and GET /api/v1/payments."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -11,19 +12,20 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter
 
 from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, principal, requires
-from marketplace_pay.infra.codec import decode_error
-from marketplace_pay.infra.openapi import json_body
+from marketplace_pay.infra.codec import decode_body
+from marketplace_pay.infra.openapi import LOCATION, documented, problems, public_id_schema, string_schema
+from marketplace_pay.infra.params import require_json
 from marketplace_pay.infra.telemetry import current_ids
 from marketplace_pay.payments.application.create_payment import CreatePayment, LineRequest, Replayed
 from marketplace_pay.payments.application.ports import Keyed
 from marketplace_pay.payments.application.views import PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
+from marketplace_pay.shared.client_ids import ClientId, check_client_id
 from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
 from marketplace_pay.shared.ids import InvalidPublicId, PAYMENT_PREFIX, decode_public_id
 from marketplace_pay.shared.money import Currency, Money
 
 MAX_QUANTITY = 2**53 - 1  # exact in every JSON client; 100 of them still fit a bigint
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"\S", description="non-blank, ≤ 128 chars")]
 Quantity = Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY, description="minor units (cents)")]
 
 
@@ -33,18 +35,22 @@ class AmountIn(msgspec.Struct, rename="camel", frozen=True):
 
 
 class PaymentOrderIn(msgspec.Struct, rename="camel", frozen=True):
-    seller_id: Id
+    seller_id: ClientId
     amount: AmountIn
+
+    def __post_init__(self) -> None:
+        check_client_id("sellerId", self.seller_id)
 
 
 class CreatePaymentRequest(msgspec.Struct, rename="camel", frozen=True):
-    buyer_id: Id
-    order_id: Id
+    buyer_id: ClientId
+    order_id: ClientId
     total_amount: AmountIn
     payment_orders: Annotated[list[PaymentOrderIn], msgspec.Meta(min_length=1, max_length=100)]
 
-
-_request_decoder = msgspec.json.Decoder(CreatePaymentRequest)
+    def __post_init__(self) -> None:
+        check_client_id("buyerId", self.buyer_id)
+        check_client_id("orderId", self.order_id)
 
 
 def _money(amount: AmountIn) -> Money:
@@ -61,56 +67,79 @@ def render(payment: Payment) -> tuple[int, bytes]:
     return status, msgspec.json.encode(payment_view(payment))
 
 
+# Visible ASCII, spaces inside only (HTTP strips them at the ends): a header value is bytes, and
+# anything else arrives as whatever the server's decoder made of it.
+IDEMPOTENCY_KEY_PATTERN = "^[!-~](?:[ -~]{0,253}[!-~])?$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
 def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
         raise ValidationError(
             "Invalid Idempotency-Key header",
-            errors=[FieldError("Idempotency-Key", "must be 1-255 printable characters")],
+            errors=[FieldError("Idempotency-Key", "must be 1-255 visible ASCII characters (spaces only inside)")],
         )
     return key
 
 
-def _check_media_type(request: Request[Any, Any, Any]) -> None:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        from litestar.exceptions import HTTPException
-
-        raise HTTPException(status_code=415, detail=f"Content-Type must be application/json, not {content_type}")
-
-
-_PAYMENT_RESPONSES = {
-    202: ResponseSpec(PaymentView, description="Authorized, or authorization pending (status PENDING_AUTH)"),
-    402: ResponseSpec(PaymentView, description="Declined by the PSP"),
-    400: ResponseSpec(None, description="Malformed request (problem+json)"),
-    401: ResponseSpec(None, description="No or invalid token"),
-    403: ResponseSpec(None, description="Token lacks payment:write"),
-    409: ResponseSpec(None, description="Same Idempotency-Key still in progress"),
-    422: ResponseSpec(None, description="Unknown/inactive seller, or Idempotency-Key reused with another body"),
-    503: ResponseSpec(None, description="Database or Redis unavailable; retry (Retry-After)"),
+IDEMPOTENCY_KEY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Replays the first response for the same key and body; scoped to the calling client",
+    "schema": string_schema(IDEMPOTENCY_KEY_PATTERN, max_length=255, description="visible ASCII, spaces only inside"),
 }
+PAYMENT_ID_PATH = public_id_schema(PAYMENT_PREFIX, "pay_ + 11 base64url characters")
+_EXAMPLE = {
+    "buyerId": "BUYER-1",
+    "orderId": "ORDER-1",
+    "totalAmount": {"quantity": 3000, "currency": "EUR"},
+    "paymentOrders": [
+        {"sellerId": "SELLER-111", "amount": {"quantity": 1000, "currency": "EUR"}},
+        {"sellerId": "SELLER-222", "amount": {"quantity": 2000, "currency": "EUR"}},
+    ],
+}
+_TO_PAYMENT = {"operationId": "getPayment", "parameters": {"payment_id": "$response.body#/paymentId"}}
+_TO_JOURNAL = {"operationId": "getPaymentJournalEntries", "parameters": {"payment_id": "$response.body#/paymentId"}}
+_PAYMENT_LINKS = {"GetPayment": _TO_PAYMENT, "GetPaymentJournalEntries": _TO_JOURNAL}
+_REPLAYED = {"Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}}
 
 
 @post(
     "/api/v1/payments",
     guards=[requires(PAYMENT_WRITE)],
-    operation_class=json_body(CreatePaymentRequest),
-    responses=_PAYMENT_RESPONSES,
+    status_code=202,
+    operation_id="createPayment",
+    operation_class=documented(
+        body=CreatePaymentRequest,
+        body_example=_EXAMPLE,
+        headers=[IDEMPOTENCY_KEY_HEADER],
+        errors=problems(
+            400, 401, 403, 409, 413, 415, 422, 503,
+            s400="Invalid body or Idempotency-Key; order amounts not summing to the total, a seller twice, "
+            "or an order in another currency",
+            s409="The same Idempotency-Key is still being processed",
+            s422="Unknown, inactive or other-currency seller, or an Idempotency-Key used with another body",
+        ),
+        response_headers={202: {**LOCATION, **_REPLAYED}, 402: {**LOCATION, **_REPLAYED}},
+        links={202: _PAYMENT_LINKS, 402: _PAYMENT_LINKS},
+    ),
+    responses={
+        202: ResponseSpec(PaymentView, description="Authorized, or authorization pending (status PENDING_AUTH)"),
+        402: ResponseSpec(PaymentView, description="Declined by the PSP"),
+    },
     request_max_body_size=1_000_000,
     summary="Create a payment and authorize it at the PSP",
     tags=["payments"],
 )
 async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[PaymentView]:
     container = request.app.state.container
-    _check_media_type(request)
+    require_json(request)
     key = _idempotency_key(request)
-    raw = await request.body()
-    try:
-        body = _request_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise decode_error(exc) from None
+    body = decode_body(await request.body(), CreatePaymentRequest)
     trace_id, traceparent = current_ids()
     keyed = Keyed(
         client_id=principal(request).scope,
@@ -143,20 +172,27 @@ async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[P
 
 
 def parse_payment_id(public_id: str) -> int:
+    """The payment a path names; 404 when it cannot name one (not echoed: it may be anything)."""
     try:
         return decode_public_id(PAYMENT_PREFIX, public_id)
-    except InvalidPublicId:
-        raise NotFoundError(f"Payment {public_id} not found") from None
+    except (InvalidPublicId, UnicodeEncodeError):
+        raise NotFoundError("No such payment") from None
 
 
 @get(
     "/api/v1/payments/{payment_id:str}",
     guards=[requires(PAYMENT_READ, PAYMENT_WRITE, FINANCE)],
+    operation_id="getPayment",
+    operation_class=documented(
+        path={"payment_id": PAYMENT_ID_PATH},
+        errors=problems(401, 403, 404, 503, s404="No such payment (unknown or malformed id)"),
+    ),
     summary="Get a payment with its payment orders",
     tags=["payments"],
 )
 async def get_payment_endpoint(request: Request[Any, Any, Any], payment_id: Annotated[str, PathParameter()]) -> PaymentView:
-    view = await request.app.state.container.payment_view(parse_payment_id(payment_id))
+    internal = parse_payment_id(payment_id)
+    view = await request.app.state.container.payment_view(internal)
     if view is None:
         raise NotFoundError(f"Payment {payment_id} not found")
     return view
