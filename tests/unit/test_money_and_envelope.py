@@ -1,10 +1,11 @@
+import hashlib
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
 from marketplace_pay.infra.codec import decode_envelope, encode
-from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
+from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData
 from marketplace_pay.payments.domain.events import (
     CapturePaymentOrder,
     PaymentAuthorized,
@@ -24,6 +25,16 @@ def test_money_arithmetic_keeps_minor_units_and_currency() -> None:
     assert -a == Money(-1050, Currency.EUR)
     with pytest.raises(CurrencyMismatch):
         _ = a + Money(1, Currency.USD)
+
+
+def _entry(journal_id: str) -> LedgerEntryData:
+    return LedgerEntryData(seq=1, tx=3, journal_entry_id=journal_id, journal_type="CAPTURE", currency="EUR", created_at=NOW, postings=[])
+
+
+def test_ledger_entries_recorded_has_the_same_id_for_the_same_journals_in_any_order() -> None:
+    a = LedgerEntriesRecorded(ledger_entries=[_entry("CAPTURE:1"), _entry("AUTH:2")])
+    b = LedgerEntriesRecorded(ledger_entries=[_entry("AUTH:2"), _entry("CAPTURE:1")], traceparents=["x"])
+    assert a.event_id() == b.event_id() != LedgerEntriesRecorded(ledger_entries=[_entry("AUTH:2")]).event_id()
 
 
 def _order_fields() -> dict[str, object]:
@@ -70,9 +81,9 @@ def _order_fields() -> dict[str, object]:
             "payment_order_finalized_topic",
         ),
         (
-            LedgerEntriesRecorded(ledger_batch_id="ledger-batch:po_AAAAAAAAAAs:CAPTURED", payment_id="10", ledger_entries=[], seller_id="SELLER-111"),
-            "ledger-batch:po_AAAAAAAAAAs:CAPTURED:ledger_entries_recorded",
-            "SELLER-111",
+            LedgerEntriesRecorded(ledger_entries=[_entry("CAPTURE:11"), _entry("COMMISSION:11")]),
+            "ledger-entries:" + hashlib.sha256(b"CAPTURE:11|COMMISSION:11").hexdigest()[:32] + ":ledger_entries_recorded",
+            "CAPTURE:11",
             "ledger_entries_recorded_topic",
         ),
     ],

@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from opentelemetry import trace
+from marketplace_pay.infra.telemetry import current_trace_id
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -20,9 +20,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            entry["traceId"] = format(ctx.trace_id, "032x")
+        trace_id = current_trace_id()
+        if trace_id is not None:
+            entry["traceId"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

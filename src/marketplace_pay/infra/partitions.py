@@ -39,7 +39,7 @@ class PartitionedTable:
         return f"{self.name}_p{start:%Y%m%d}t{start:%H%M%S}"
 
 
-OUTBOX = PartitionedTable("outbox", width_s=300, ahead=12)
+OUTBOX = PartitionedTable("outbox", width_s=300, ahead=2)
 IDEMPOTENCY_RESPONSES = PartitionedTable("idempotency_responses", width_s=86_400, ahead=1)
 TABLES = (OUTBOX, IDEMPOTENCY_RESPONSES)
 

@@ -5,8 +5,9 @@
     every recording        ──▶ LedgerEntriesRecorded (the balances consume it)
 
 Recording is idempotent by journal id: an event seen again finds its journals and announces them
-again under the same event id, so LedgerEntriesRecorded is never lost (a repeat after a crash
-between the journals' commit and the event's delivery still reaches the balances). Journals,
+again, so LedgerEntriesRecorded is never lost (a repeat after a crash between the journals'
+commit and the event's delivery still reaches the balances). One LedgerEntriesRecorded carries
+every journal of a handler batch; its id is derived from the journals it names. Journals,
 postings and the event commit together.
 """
 
@@ -81,10 +82,6 @@ class CommissionRates(Protocol):
 class Recording(msgspec.Struct, frozen=True):
     """One fact to record: its journals and the event that caused it."""
 
-    subject: str  # public id of what is recorded
-    what: str  # AUTHORIZED | CAPTURED | CAPTURE_FAILED
-    payment_id: str
-    seller_id: str | None
     journals: list[JournalEntry]
     ref: JournalRef
     cause: Envelope[Any]
@@ -97,15 +94,7 @@ class UnknownRecording(ValueError):
 def _authorization(e: Envelope[PaymentAuthorized]) -> Recording:
     d = e.data
     amount = Money(d.total_amount_minor, Currency(d.currency))
-    return Recording(
-        d.public_payment_id,
-        "AUTHORIZED",
-        d.payment_id,
-        None,
-        [journals.auth_hold(int(d.payment_id), amount)],
-        JournalRef(int(d.payment_id), None, None, e.event_id),
-        e,
-    )
+    return Recording([journals.auth_hold(int(d.payment_id), amount)], JournalRef(int(d.payment_id), None, None, e.event_id), e)
 
 
 def _finalization(e: Envelope[PaymentOrderFinalized], commission_bps: int) -> Recording:
@@ -119,8 +108,7 @@ def _finalization(e: Envelope[PaymentOrderFinalized], commission_bps: int) -> Re
         entries = [journals.auth_release(order_id, amount)]
     else:
         raise UnknownRecording(f"cannot record final status {d.status!r}")
-    ref = JournalRef(int(d.payment_id), order_id, d.seller_id, e.event_id)
-    return Recording(d.public_payment_order_id, d.status, d.payment_id, d.seller_id, entries, ref, e)
+    return Recording(entries, JournalRef(int(d.payment_id), order_id, d.seller_id, e.event_id), e)
 
 
 def entry_data(stored: StoredJournal) -> LedgerEntryData:
@@ -130,19 +118,9 @@ def entry_data(stored: StoredJournal) -> LedgerEntryData:
         tx=stored.tx,
         journal_entry_id=j.journal_id,
         journal_type=j.type.value,
-        journal_name=j.name,
+        currency=j.currency.value,
         created_at=stored.created_at,
-        postings=[
-            PostingData(
-                account_code=p.account.code,
-                account_type=p.account.type.value,
-                direction=p.direction.value,
-                amount_minor=p.amount_minor,
-                signed_amount_minor=p.signed_amount_minor,
-                currency=j.currency.value,
-            )
-            for p in j.postings
-        ],
+        postings=[PostingData(p.account.code, p.signed_amount_minor) for p in j.postings],
     )
 
 
@@ -152,16 +130,12 @@ async def _record(recordings: Sequence[Recording], *, uow: Callable[[], LedgerUn
     now = clock.now()
     async with uow() as tx:
         stored = await tx.journals.add_all([(j, r.ref) for r in recordings for j in r.journals])
-        for r in recordings:
-            recorded = LedgerEntriesRecorded(
-                ledger_batch_id=f"ledger-batch:{r.subject}:{r.what}",
-                payment_id=r.payment_id,
-                seller_id=r.seller_id,
-                ledger_entries=[entry_data(stored[j.journal_id]) for j in r.journals],
-            )
-            tx.publish(
-                envelope(recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=r.cause.trace_id, caused_by=r.cause)
-            )
+        recorded = LedgerEntriesRecorded(
+            ledger_entries=[entry_data(stored[j.journal_id]) for r in recordings for j in r.journals],
+            traceparents=list(dict.fromkeys(tp for r in recordings if (tp := r.cause.traceparent))),
+        )
+        first = recordings[0].cause
+        tx.publish(envelope(recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=first.trace_id, caused_by=first))
         await tx.commit()
 
 

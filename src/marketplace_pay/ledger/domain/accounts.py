@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cache
 
 import msgspec
 
@@ -98,6 +99,7 @@ class Account(msgspec.Struct, frozen=True):
         return cls(AccountType.MERCHANT_PAYABLE, seller_id, currency)
 
 
+@cache  # a handful of account types, currencies and sellers: every journal asks again
 def account_code(type_: AccountType, entity_id: str, currency: Currency) -> str:
     return f"{type_.value}.{entity_id}.{currency.value}"
 

@@ -3,6 +3,7 @@ under the same id."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import ClassVar
 
@@ -13,11 +14,7 @@ from marketplace_pay.shared.envelope import Event
 
 class PostingData(msgspec.Struct, frozen=True, rename="camel"):
     account_code: str
-    account_type: str
-    direction: str
-    amount_minor: int
-    signed_amount_minor: int  # the effect on the account's balance
-    currency: str
+    signed_amount_minor: int  # the effect on the account's balance (+ on its normal side)
 
 
 class LedgerEntryData(msgspec.Struct, frozen=True, rename="camel"):
@@ -25,22 +22,26 @@ class LedgerEntryData(msgspec.Struct, frozen=True, rename="camel"):
     tx: int  # the transaction that wrote it (balances fold by transaction horizon)
     journal_entry_id: str
     journal_type: str
-    journal_name: str
+    currency: str
     created_at: datetime
     postings: list[PostingData]
 
 
 class LedgerEntriesRecorded(Event, frozen=True):
+    """These journals were recorded. One event per recording batch: the balances apply entries
+    as set members, so neither their grouping nor their order matters to them."""
+
     event_type: ClassVar[str] = "ledger_entries_recorded"
     topic: ClassVar[str] = "ledger_entries_recorded_topic"
 
-    ledger_batch_id: str  # "ledger-batch:<subject>:<what>": the same recording, the same id
-    payment_id: str
     ledger_entries: list[LedgerEntryData]
-    seller_id: str | None = None
+    traceparents: list[str] = []  # of the events recorded, for tracing links
 
     def event_id(self) -> str:
-        return f"{self.ledger_batch_id}:ledger_entries_recorded"
+        """Derived from the journals it announces: announcing the same journals again (a
+        redelivery) gives the same id."""
+        ids = "|".join(sorted(e.journal_entry_id for e in self.ledger_entries))
+        return f"ledger-entries:{hashlib.sha256(ids.encode()).hexdigest()[:32]}:ledger_entries_recorded"
 
     def partition_key(self) -> str:
-        return self.seller_id or self.payment_id
+        return self.ledger_entries[0].journal_entry_id if self.ledger_entries else "ledger"

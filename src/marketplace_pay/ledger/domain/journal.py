@@ -17,6 +17,7 @@ fee = (a × commissionBps + 5000) // 10000 (half up, in minor units).
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
 import msgspec
 
@@ -44,10 +45,15 @@ class Posting(msgspec.Struct, frozen=True):
 
     @property
     def signed_amount_minor(self) -> int:
-        """The effect on the account's balance: + on its normal side, − on the other (seed §8.2)."""
-        normal = self.account.type.normal_balance
-        same_side = (self.direction is Direction.DEBIT) == (normal is NormalBalance.DEBIT)
-        return self.amount_minor if same_side else -self.amount_minor
+        """The effect on the account's balance: + on its normal side, − on the other."""
+        return _SIGN[(self.account.type, self.direction)] * self.amount_minor
+
+
+_SIGN = {
+    (t, d): 1 if (d is Direction.DEBIT) == (t.normal_balance is NormalBalance.DEBIT) else -1
+    for t in AccountType
+    for d in Direction
+}
 
 
 def debit(account: Account, amount: Money) -> Posting:
@@ -81,6 +87,7 @@ class JournalEntry(msgspec.Struct, frozen=True):
             raise InvariantViolation(f"Unbalanced journal entry {self.journal_id}: debits {debits} != credits {credits}")
 
 
+@cache  # one per type and currency: built once, not for every journal
 def _global(type_: AccountType, currency: Currency) -> Account:
     return Account.global_(type_, currency)
 
