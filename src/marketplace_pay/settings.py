@@ -123,7 +123,7 @@ class Settings:
     log_format: str = "json"
     shutdown_grace_s: int = 20
     faults: str | None = None
-    workers: int = 0  # 0 = one per CPU core
+    workers: int = 0  # 0 = one per two CPU cores (PostgreSQL shares the machine by default)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

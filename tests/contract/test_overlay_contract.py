@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
-from marketplace_pay.balances.application.balances import Entry
+from marketplace_pay.balances.application.balances import Entry, OverlayUnavailable
+from tests.services import free_port
 from tests.fakes import FakeOverlay
 
 
@@ -56,3 +57,13 @@ async def test_remove_drops_exactly_the_given_entries(overlay: Any) -> None:
     await overlay.remove([e("A", 10, 1, 10), e("B", 10, 1, 6)])  # the second matches nothing
     assert await overlay.entries("A") == [e("A", 10, 2, 10)]
     assert await overlay.entries("B") == [e("B", 10, 1, 5)]
+
+
+async def test_an_unreachable_store_is_overlay_unavailable(redis_prefix: str) -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
+    overlay = RedisBalanceOverlay(client, prefix=redis_prefix)
+    with pytest.raises(OverlayUnavailable):
+        await overlay.apply([e("A", 10, 1, 5)])
+    with pytest.raises(OverlayUnavailable):
+        await overlay.entries("A")
+    await client.aclose()

@@ -201,3 +201,25 @@ async def test_the_embedded_default_runs_with_nothing_configured(tmp_path: Path,
     assert got.json()["status"] in ("AUTHORIZED", "CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED")
     assert service.terminate() == 0
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+
+
+@pytest.mark.kafka
+async def test_a_kafka_consumer_that_fails_unexpectedly_rejoins_and_its_events_are_handled(
+    fresh_database: str, settings_for: Any, kafka_bootstrap: str, processes: list[ServiceProcess]
+) -> None:
+    settings = settings_for(
+        fresh_database, kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_partitions=4, kafka_session_timeout_ms=6000
+    )
+    service = ServiceProcess(settings)
+    processes.append(service)
+    service.start(faults="kafka.before_deliver=raise@1", timeout=60)  # the first delivery blows up
+    buyer = uid("BUYER")
+    r = post(service, payment_body(buyer))
+    assert r is not None and r.status_code == 202
+    await wait_for(
+        fresh_database,
+        "SELECT status = 'CAPTURED' FROM payments WHERE buyer_id = $1",
+        buyer,
+        timeout=60,
+    )
+    assert "kafka consumer failed; leaving the group and joining again" in service.log()

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot, Unfolded
+from marketplace_pay.balances.application.balances import Drift, Entry, Folded, OverlayUnavailable, Snapshot, Unfolded
 from tests.fakes.db import FakeDatabase
 from tests.fakes.ledger import postings
 
 
 class FakeOverlay:
-    """The Redis overlay's contract, in memory (tests/contract keeps them in step)."""
+    """The Redis overlay's contract, in memory (tests/contract keeps them in step). `down`: as
+    if Redis could not be reached."""
 
     def __init__(self) -> None:
         self.horizon = 0
         self.zsets: dict[str, dict[tuple[int, int], int]] = {}  # account → (seq, amount) → tx
+        self.down = False
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise OverlayUnavailable("fake Redis is down")
 
     async def apply(self, entries: Sequence[Entry]) -> int:
+        self._reachable()
         added = 0
         for e in entries:
             members = self.zsets.setdefault(e.account_code, {})
@@ -26,6 +33,7 @@ class FakeOverlay:
         return added
 
     async def entries(self, account_code: str) -> list[Entry]:
+        self._reachable()
         members = self.zsets.get(account_code, {})
         return sorted(Entry(account_code, tx, seq, amount) for (seq, amount), tx in members.items())
 
@@ -77,9 +85,12 @@ class FakeBalanceStore:
         self.folded_tx = max(self.folded_tx, horizon)
         return Folded(self.folded_tx, sorted(touched))
 
-    async def snapshot(self, account_code: str) -> Snapshot:
+    async def snapshot(self, account_code: str, *, with_unfolded: bool = False) -> Snapshot:
         currency = account_code.rsplit(".", 1)[-1]
-        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.folded_tx, None)
+        unfolded = sum(
+            e.signed_amount_minor for e, _ in self._entries() if e.account_code == account_code and e.tx >= self.folded_tx
+        ) if with_unfolded else 0
+        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.folded_tx, None, unfolded)
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         expected = self._expected()

@@ -241,3 +241,16 @@ async def test_the_overlay_check_waits_for_young_postings_but_not_for_old_ones()
     w.clock.advance(ms=60_000)  # a minute later they should long have arrived: lost
     missing = await _real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30)
     assert {(d.subject, d.expected_minor, d.actual_minor) for d in missing} >= {(M1, 950, 0), (PSP, 1000, 0)}
+
+
+async def test_with_redis_down_the_pipeline_goes_on_and_balances_come_from_postgres() -> None:
+    w = World({})
+    w.overlay.down = True  # Redis unreachable for the whole run
+    await w.pay(1000, 2000)
+    await w.settle()  # capture and recording went on: nothing waited for Redis
+    assert len(w.db.tables.journals) == 5
+    assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000  # snapshot + unfolded postings
+    await w.container.fold_balances()
+    assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000
+    w.overlay.down = False
+    assert await w.balance(M1) == 950  # and once Redis is back, the folded snapshot holds it

@@ -23,6 +23,15 @@ def _settings() -> Settings:
         sys.exit(f"marketplace-pay: {exc}")
 
 
+def default_workers() -> int:
+    """One process per two cores: in the default layout PostgreSQL (and Redis) run on the same
+    machine and need about as much CPU as the service. With the database elsewhere, give
+    --workers the number of cores."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import contextlib
     import os
@@ -46,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format)
-    workers = args.workers or settings.workers or os.cpu_count() or 1
+    workers = args.workers or settings.workers or default_workers()
     common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -277,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--workers", type=int, default=0, help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per CPU core)"
+        "--workers", type=int, default=0, help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per two CPU cores)"
     )
     serve.set_defaults(fn=cmd_serve)
 

@@ -55,18 +55,23 @@ class PgBalanceStore:
     async def horizon(self) -> int:
         return int(await self._pool.fetchval("SELECT folded_tx FROM balance_horizon"))
 
-    async def snapshot(self, account_code: str) -> Snapshot | None:
+    async def snapshot(self, account_code: str, *, with_unfolded: bool = False) -> Snapshot | None:
+        # the postings above the horizon are recent ones: found through the tx index
         row = await self._pool.fetchrow(
             """SELECT a.account_code, a.currency, coalesce(b.balance_minor, 0) AS balance, h.folded_tx AS horizon,
-                      b.updated_at
+                      b.updated_at,
+                      CASE WHEN $2 THEN (SELECT coalesce(sum(p.signed_amount_minor), 0) FROM postings p
+                                         WHERE p.tx >= h.folded_tx AND p.account_code = a.account_code)
+                           ELSE 0 END AS unfolded
                FROM accounts a CROSS JOIN balance_horizon h
                LEFT JOIN account_balances b ON b.account_code = a.account_code
                WHERE a.account_code = $1""",
             account_code,
+            with_unfolded,
         )
         if row is None:
             return None
-        return Snapshot(row["account_code"], row["currency"], row["balance"], row["horizon"], row["updated_at"])
+        return Snapshot(row["account_code"], row["currency"], row["balance"], row["horizon"], row["updated_at"], int(row["unfolded"]))
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         rows = await self._pool.fetch(

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
-from marketplace_pay.balances.application.balances import Entry
+from marketplace_pay.balances.application.balances import Entry, OverlayUnavailable
 
 # KEYS = [horizon, account key, account key, ...]; ARGV = [tx, member, tx, member, ...]
 _APPLY = """
@@ -35,6 +36,9 @@ return 1
 """
 
 
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
 class RedisBalanceOverlay:
     def __init__(self, client: aioredis.Redis, *, prefix: str, chunk: int = 2000) -> None:
         self._redis = client
@@ -49,17 +53,25 @@ class RedisBalanceOverlay:
 
     async def apply(self, entries: Sequence[Entry]) -> int:
         added = 0
-        for i in range(0, len(entries), self._chunk):  # each chunk is one atomic script
-            part = entries[i : i + self._chunk]
-            args: list[str | int] = []
-            for e in part:
-                args += [e.tx, f"{e.seq}:{e.signed_amount_minor}"]
-            added += int(await self._apply(keys=[self.horizon_key, *(self._key(e.account_code) for e in part)], args=args))
+        try:
+            for i in range(0, len(entries), self._chunk):  # each chunk is one atomic script
+                part = entries[i : i + self._chunk]
+                args: list[str | int] = []
+                for e in part:
+                    args += [e.tx, f"{e.seq}:{e.signed_amount_minor}"]
+                keys = [self.horizon_key, *(self._key(e.account_code) for e in part)]
+                added += int(await self._apply(keys=keys, args=args))
+        except _UNAVAILABLE as exc:
+            raise OverlayUnavailable(repr(exc)) from exc
         return added
 
     async def entries(self, account_code: str) -> list[Entry]:
+        try:
+            members = await self._redis.zrange(self._key(account_code), 0, -1, withscores=True)
+        except _UNAVAILABLE as exc:
+            raise OverlayUnavailable(repr(exc)) from exc
         out = []
-        for member, score in await self._redis.zrange(self._key(account_code), 0, -1, withscores=True):
+        for member, score in members:
             seq, _, amount = (member.decode() if isinstance(member, bytes) else member).partition(":")
             out.append(Entry(account_code, int(score), int(seq), int(amount)))
         return out

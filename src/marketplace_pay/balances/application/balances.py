@@ -43,16 +43,20 @@ class Entry(NamedTuple):
     signed_amount_minor: int
 
 
+class OverlayUnavailable(Exception):
+    """The overlay's store cannot be reached."""
+
+
 class Overlay(Protocol):
     """Per account, the signed amounts of postings not yet folded."""
 
     async def apply(self, entries: Sequence[Entry]) -> int:
         """Add entries atomically; an entry already there, or below the folded horizon, is
-        ignored. Returns how many were new."""
+        ignored. Returns how many were new. Raises OverlayUnavailable."""
         ...
 
     async def entries(self, account_code: str) -> list[Entry]:
-        """The account's overlay."""
+        """The account's overlay. Raises OverlayUnavailable."""
         ...
 
     async def accounts(self) -> list[str]:
@@ -80,6 +84,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     balance_minor: int
     horizon: int
     updated_at: datetime | None
+    unfolded_minor: int = 0  # Σ postings at or above the horizon, when asked for
 
 
 class Drift(msgspec.Struct, frozen=True):
@@ -103,9 +108,9 @@ class BalanceStore(Protocol):
         process is folding, or writers could not be fenced in time (the next run retries)."""
         ...
 
-    async def snapshot(self, account_code: str) -> Snapshot | None:
+    async def snapshot(self, account_code: str, *, with_unfolded: bool = False) -> Snapshot | None:
         """The account's snapshot and the horizon it is as of (one consistent read); None for
-        an unknown account."""
+        an unknown account. `with_unfolded`: also Σ of its postings at or above the horizon."""
         ...
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
@@ -148,8 +153,15 @@ async def apply_ledger_entries(batch: Sequence[Envelope[LedgerEntriesRecorded]],
         for entry in e.data.ledger_entries
         for p in entry.postings
     ]
-    if entries:
+    if not entries:
+        return
+    try:
         await overlay.apply(entries)
+    except OverlayUnavailable as exc:
+        # The overlay only makes balances real-time: the fold reads Postgres and restores them
+        # within a fold interval. Waiting for Redis here would hold back the whole pipeline.
+        metrics.OVERLAY_SKIPPED.inc(len(entries))
+        log.warning("balance overlay unavailable; the next fold catches up", extra={"entries": len(entries), "error": repr(exc)})
 
 
 # -- the fold -------------------------------------------------------------------------------
@@ -185,11 +197,17 @@ class Balance(msgspec.Struct, frozen=True):
 async def read_balance(account_code: str, *, store: BalanceStore, overlay: Overlay, clock: Clock) -> Balance | None:
     # Redis first, then Postgres: if a fold lands in between, Postgres's newer horizon filters
     # out the overlay entries it already contains; nothing is counted twice or missed.
-    recent = await overlay.entries(account_code)
-    snap = await store.snapshot(account_code)
+    try:
+        recent: list[Entry] | None = await overlay.entries(account_code)
+    except OverlayUnavailable:
+        recent = None  # Redis is down: the postings above the horizon come from Postgres instead
+    snap = await store.snapshot(account_code, with_unfolded=recent is None)
     if snap is None:
         return None
-    total = snap.balance_minor + sum(e.signed_amount_minor for e in recent if e.tx >= snap.horizon)
+    if recent is None:
+        total = snap.balance_minor + snap.unfolded_minor
+    else:
+        total = snap.balance_minor + sum(e.signed_amount_minor for e in recent if e.tx >= snap.horizon)
     return Balance(account_code, total, snap.currency, clock.now())
 
 
