@@ -127,7 +127,7 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 
 
 def make_settings(dsn: str, redis_url: str, redis_prefix: str, data_dir: str, **overrides: object) -> Settings:
-    base = Settings(
+    base = Settings().with_(
         database_url=dsn,
         redis_url=redis_url,
         redis_prefix=redis_prefix,

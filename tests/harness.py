@@ -83,8 +83,8 @@ class Service:
         return self.container.settings
 
     def auth(self, *roles: str, seller: str | None = None, sub: str = "tests") -> dict[str, str]:
-        assert self.settings.jwt_secret
-        return auth(self.settings.jwt_secret, *roles, seller=seller, sub=sub)
+        assert self.settings.jwt.secret
+        return auth(self.settings.jwt.secret, *roles, seller=seller, sub=sub)
 
     async def pay(self, body: dict[str, Any], *, key: str | None = None, **headers: str) -> httpx.Response:
         h = self.auth("payment:write") | headers
@@ -144,7 +144,7 @@ class ServiceProcess:
         self.port = free_port()
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = settings.data_dir / f"serve-{self.port}.log"
+        self.log_path = settings.process.data_dir / f"serve-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -155,30 +155,30 @@ class ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MP_")}
         env.update(
             {
-                "DATABASE_URL": s.database_url or "",
-                "REDIS_URL": s.redis_url or "",
-                "MP_DATA_DIR": str(s.data_dir),
-                "MP_REDIS_PREFIX": s.redis_prefix,
-                "MP_JWT_SECRET": s.jwt_secret or "",
-                "MP_PSP_SCENARIO": s.psp_scenario,
-                "MP_RETRY_BASE_MS": str(s.retry_base_ms),
-                "MP_RETRY_CAP_MS": str(s.retry_cap_ms),
-                "MP_RETRY_POLL_MS": str(s.retry_poll_ms),
-                "MP_PENDING_AUTH_CHECK_AFTER_MS": str(s.pending_auth_check_after_ms),
-                "MP_PENDING_AUTH_POLL_MS": str(s.pending_auth_poll_ms),
-                "MP_OUTBOX_POLL_MS": str(s.outbox_poll_ms),
+                "DATABASE_URL": s.services.database_url or "",
+                "REDIS_URL": s.services.redis_url or "",
+                "MP_DATA_DIR": str(s.process.data_dir),
+                "MP_REDIS_PREFIX": s.redis.prefix,
+                "MP_JWT_SECRET": s.jwt.secret or "",
+                "MP_PSP_SCENARIO": s.psp.scenario,
+                "MP_RETRY_BASE_MS": str(s.retry.base_ms),
+                "MP_RETRY_CAP_MS": str(s.retry.cap_ms),
+                "MP_RETRY_POLL_MS": str(s.retry.poll_ms),
+                "MP_PENDING_AUTH_CHECK_AFTER_MS": str(s.pending_auth.check_after_ms),
+                "MP_PENDING_AUTH_POLL_MS": str(s.pending_auth.poll_ms),
+                "MP_OUTBOX_POLL_MS": str(s.outbox.poll_ms),
                 "MP_LOG_FORMAT": "text",
-                "MP_SHUTDOWN_GRACE_S": str(s.shutdown_grace_s),
-                "MP_RETRY_REQUEUE_AFTER_MS": str(s.retry_requeue_after_ms),
-                "MP_RETRY_INFLIGHT_TIMEOUT_MS": str(s.retry_inflight_timeout_ms),
+                "MP_SHUTDOWN_GRACE_S": str(s.shutdown.grace_s),
+                "MP_RETRY_REQUEUE_AFTER_MS": str(s.retry.requeue_after_ms),
+                "MP_RETRY_INFLIGHT_TIMEOUT_MS": str(s.retry.inflight_timeout_ms),
             }
         )
-        if s.psp_call_log:
-            env["MP_PSP_CALL_LOG"] = str(s.psp_call_log)
-        if s.kafka_bootstrap_servers:
-            env["KAFKA_BOOTSTRAP_SERVERS"] = s.kafka_bootstrap_servers
-            env["MP_KAFKA_TOPIC_PARTITIONS"] = str(s.kafka_topic_partitions or 4)
-            env["MP_KAFKA_SESSION_TIMEOUT_MS"] = str(s.kafka_session_timeout_ms)
+        if s.psp.call_log:
+            env["MP_PSP_CALL_LOG"] = str(s.psp.call_log)
+        if s.services.kafka_bootstrap_servers:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = s.services.kafka_bootstrap_servers
+            env["MP_KAFKA_TOPIC_PARTITIONS"] = str(s.kafka.topic_partitions or 4)
+            env["MP_KAFKA_SESSION_TIMEOUT_MS"] = str(s.kafka.session_timeout_ms)
         else:
             env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         env.update(self.extra_env)

@@ -8,8 +8,6 @@ import random
 from typing import Any
 
 from marketplace_pay.bootstrap import Ports, bootstrap
-from marketplace_pay.infra.dispatch import Dispatcher
-from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.payments.adapters.http import render
 from marketplace_pay.payments.application.create_payment import CreatePayment, Created, LineRequest
 from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureOutcome, Keyed
@@ -22,9 +20,11 @@ from tests.fakes import (
     FakeCaptureStore,
     FakeDatabase,
     FakeIds,
+    FakeLedgerReads,
     FakeLedgerUnitOfWork,
     FakeOverlay,
     FakePaymentStore,
+    FakePaymentViews,
     FakeRetryQueue,
     FakeRetryUnitOfWork,
     FakeSellerStore,
@@ -35,8 +35,19 @@ from tests.fakes.payments import Lost
 
 
 class NoDeadLetters:
+    """Unit tests expect every event to be handled."""
+
     async def record(self, **_: object) -> None:
         raise AssertionError("unexpected dead letter")
+
+    async def list(self, **_: object) -> list[Any]:
+        return []
+
+    async def replay(self, **_: object) -> list[Any]:
+        return []
+
+    async def gauge(self) -> int:
+        return 0
 
 
 class World:
@@ -58,19 +69,20 @@ class World:
         self.balance_store = FakeBalanceStore(self.db)
         self.payments = FakePaymentStore(self.db)
         self.container = bootstrap(
-            settings or Settings(jwt_secret="x" * 40, psp_auth_timeout_ms=50, psp_capture_timeout_ms=50),
+            settings or Settings().with_(jwt_secret="x" * 40, psp_auth_timeout_ms=50, psp_capture_timeout_ms=50),
             ports=Ports(
                 ids=FakeIds(),
-                bus=InMemoryEventBus(Dispatcher(dead_letters=NoDeadLetters(), max_attempts=1)),
                 payments=self.payments,
                 capture=FakeCaptureStore(self.db),
                 retry_uow=lambda: FakeRetryUnitOfWork(self.db),
                 retries=self.retries,
+                payment_views=FakePaymentViews(self.db),
                 ledger_uow=lambda: FakeLedgerUnitOfWork(self.db),
                 sellers=self.sellers,
+                ledger_reads=FakeLedgerReads(lambda: self.db.tables),
                 overlay=self.overlay,
                 balance_store=self.balance_store,
-                payment_view=lambda _: asyncio.sleep(0),  # type: ignore[arg-type,return-value]
+                dead_letters=NoDeadLetters(),
             ),
             clock=self.clock,
             psp_auth=self.psp_auth,
@@ -85,7 +97,7 @@ class World:
         self.delivered: list[Envelope[Any]] = []
 
     async def create(self, cmd: CreatePayment) -> Any:
-        return await self.container.create_payment(cmd, render=render)
+        return await self.container.payments.create(cmd, render=render)
 
     async def pay(self, *amounts: int, sellers: list[str] | None = None, currency: Currency = Currency.EUR) -> int:
         sellers = sellers or ["SELLER-111", "SELLER-222", "SELLER-333"]
@@ -117,7 +129,7 @@ class World:
         for _ in range(rounds):
             await self.drain()
             self.clock.advance(ms=60_000)
-            if not await self.container.dispatch_due_retries():
+            if not await self.container.payments.dispatch_due_retries():
                 await self.drain()
                 return
         raise AssertionError("did not settle")
@@ -132,6 +144,6 @@ class World:
         return [e for e in self.db.tables.outbox if e.event_type == event_type]
 
     async def balance(self, account_code: str) -> int:
-        balance = await self.container.read_balance(account_code)
+        balance = await self.container.balances.of_account(account_code)
         assert balance is not None
         return balance.balance_minor

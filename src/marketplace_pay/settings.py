@@ -1,42 +1,353 @@
-"""Configuration, read once from the environment.
+"""Configuration, read once from the environment, in groups.
 
-Every setting has a default so that `marketplace-pay serve` runs with nothing configured
-(embedded PostgreSQL and Redis, in-memory bus). The README lists them all.
+Every setting has a default, so `marketplace-pay serve` runs with nothing configured (embedded
+PostgreSQL and Redis, in-memory bus). A setting's environment variable is derived from its
+group and field: `Psp.capture_timeout_ms` is `MP_PSP_CAPTURE_TIMEOUT_MS`. The services and the
+process-wide settings keep their conventional names (`DATABASE_URL`, `MP_WORKERS`, …).
+`marketplace-pay settings` prints every one with its value, default and meaning; the README's
+Configuration table lists the same (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 
 class SettingsError(ValueError):
     """An environment variable has a value that cannot be used."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    raw = env.get(name)
-    return default if raw is None or raw == "" else raw
+def setting(
+    default: Any, doc: str, *, minimum: int | None = None, choices: tuple[str, ...] = (), env: str = "",
+    secret: bool = False, factory: Any = None,
+) -> Any:
+    """A field of a settings group: its default, what it means, and how its value is checked."""
+    meta = {"doc": doc, "minimum": minimum, "choices": choices, "env": env, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 PSP_SCENARIOS = ("NORMAL", "PEAK", "DEGRADED", "BEST_PSP_EVER")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Where the backing services are; unset means embedded (PostgreSQL, Redis) or in-memory (bus)."""
+
+    PREFIX: ClassVar[str] = ""
+    database_url: str | None = setting(None, "PostgreSQL DSN; unset: embedded PostgreSQL in the data dir", env="DATABASE_URL", secret=True)
+    redis_url: str | None = setting(None, "`redis://…` or `unix://…`; unset: embedded Redis", env="REDIS_URL", secret=True)
+    kafka_bootstrap_servers: str | None = setting(None, "Kafka brokers; unset: the in-memory bus", env="KAFKA_BOOTSTRAP_SERVERS")
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """This process: its name, its data, how many workers serve."""
+
+    PREFIX: ClassVar[str] = "MP_"
+    data_dir: Path = setting(Path(".marketplace-pay"), "embedded databases and the generated JWT secret")
+    instance_name: str = setting(
+        None, "this process in logs, leases and Kafka client ids",
+        factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+    )
+    workers: int = setting(0, "`serve` processes; 0: one per two CPU cores (PostgreSQL shares the machine)")
+    faults: str | None = setting(None, "crash points for fault tests, e.g. `relay.after_read=kill@2`")
+
+
+@dataclass(frozen=True, slots=True)
+class Jwt:
+    """How bearer tokens are verified."""
+
+    PREFIX: ClassVar[str] = "MP_JWT_"
+    secret: str | None = setting(None, "HS256 secret, ≥ 32 bytes, not a placeholder; unset: generated into the data dir", secret=True)
+    jwks_url: str | None = setting(None, "verify RS256 tokens with this JWKS (needs MP_JWT_AUDIENCE)")
+    issuer: str | None = setting(None, "required `iss` claim")
+    audience: str | None = setting(None, "required `aud` claim (the client id tokens for this service carry)")
+    jwks_cache_s: int = setting(300, "how long keys fetched from the JWKS are trusted", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Psp:
+    """The PSP (simulated) and how long we wait for it."""
+
+    PREFIX: ClassVar[str] = "MP_PSP_"
+    scenario: str = setting("NORMAL", "simulator behaviour", choices=PSP_SCENARIOS)
+    seed: int = setting(0, "seed of the simulator's random source")
+    auth_timeout_ms: int = setting(500, "budget of the synchronous authorization; past it the payment is PENDING_AUTH", minimum=1)
+    capture_timeout_ms: int = setting(500, "budget of one capture call; past it the outcome is unknown (asked again, same key)", minimum=1)
+    call_log: Path | None = setting(None, "file the simulator appends every call to (JSON lines)")
+    max_inflight: int = setting(256, "PSP calls in flight at once, per process", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Capture retries: exponential back-off with jitter."""
+
+    PREFIX: ClassVar[str] = "MP_RETRY_"
+    base_ms: int = setting(2000, "first back-off", minimum=1)
+    cap_ms: int = setting(60000, "longest back-off", minimum=1)
+    max: int = setting(5, "retries after the first attempt; then the order is CAPTURE_FAILED")
+    poll_ms: int = setting(500, "how often due retries are dispatched", minimum=10)
+    inflight_timeout_ms: int = setting(60000, "a retry taken from Redis but not dispatched goes back after this", minimum=100)
+    requeue_after_ms: int = setting(10000, "a retry overdue this long and missing from Redis is put back", minimum=100)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAuth:
+    """Payments whose authorization timed out (PENDING_AUTH)."""
+
+    PREFIX: ClassVar[str] = "MP_PENDING_AUTH_"
+    check_after_ms: int = setting(2000, "age after which the PSP is asked for the outcome", minimum=1)
+    poll_ms: int = setting(1000, "how often they are looked for", minimum=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """`Idempotency-Key` records."""
+
+    PREFIX: ClassVar[str] = "MP_IDEMPOTENCY_"
+    ttl_hours: int = setting(48, "stored responses are kept at least this long", minimum=24)
+    in_progress_ms: int = setting(30000, "a key whose first request died may be retried after this (409 before)", minimum=100)
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """The sweeper of orders that stopped moving."""
+
+    PREFIX: ClassVar[str] = "MP_SWEEP_"
+    stuck_after_s: int = setting(120, "an order this far behind its schedule is re-driven and reported", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """The transactional outbox and its relay."""
+
+    PREFIX: ClassVar[str] = "MP_OUTBOX_"
+    batch_size: int = setting(500, "rows per relay read", minimum=1)
+    poll_ms: int = setting(50, "relay fallback poll (a commit wakes it at once)", minimum=10)
+    inflight_max: int = setting(5000, "rows published but not yet handled, per process", minimum=1)
+    retention_s: int = setting(600, "published rows are kept this long (whole time partitions are dropped)")
+
+
+@dataclass(frozen=True, slots=True)
+class Bus:
+    """The in-memory bus."""
+
+    PREFIX: ClassVar[str] = "MP_BUS_"
+    partitions: int = setting(4, "ordered handlers: parallel queues per handler (per-key order kept)", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """Event handlers, on either bus."""
+
+    PREFIX: ClassVar[str] = "MP_HANDLER_"
+    batch_max: int = setting(200, "events per handler call", minimum=1)
+    max_attempts: int = setting(5, "failures that are not transient before an event is dead-lettered", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Kafka:
+    """The Kafka bus (with KAFKA_BOOTSTRAP_SERVERS)."""
+
+    PREFIX: ClassVar[str] = "MP_KAFKA_"
+    session_timeout_ms: int = setting(10000, "consumer group session timeout", minimum=1000)
+    topic_partitions: int = setting(0, "partitions of topics created at start; 0: 48 per payments topic, 24 per ledger topic")
+    replication_factor: int = setting(0, "replicas of topics created at start; 0: as many brokers as there are, up to 3")
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Balances: Postgres snapshots plus the Redis overlay."""
+
+    PREFIX: ClassVar[str] = "MP_BALANCE_"
+    fold_ms: int = setting(1000, "how often postings are folded into the snapshots", minimum=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """The background reconciliation."""
+
+    PREFIX: ClassVar[str] = "MP_RECONCILE_"
+    interval_s: int = setting(300, "how often every balance is checked against its postings", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Db:
+    """The PostgreSQL connection pool."""
+
+    PREFIX: ClassVar[str] = "MP_DB_"
+    pool_min: int = setting(2, "connections kept open", minimum=1)
+    pool_max: int = setting(20, "connections at most, per process", minimum=2)
+    vacuum_s: int = setting(60, "vacuum interval when the server's autovacuum is off; 0: never")
+
+
+@dataclass(frozen=True, slots=True)
+class Redis:
+    """Redis keys."""
+
+    PREFIX: ClassVar[str] = "MP_REDIS_"
+    prefix: str = setting("mp:", "prefix of every key (one database per prefix)")
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Logging."""
+
+    PREFIX: ClassVar[str] = "MP_LOG_"
+    level: str = setting("INFO", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    format: str = setting("json", "json or text", choices=("json", "text"))
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Stopping on SIGTERM."""
+
+    PREFIX: ClassVar[str] = "MP_SHUTDOWN_"
+    grace_s: int = setting(20, "in-flight requests, events and jobs get this long to finish")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    services: Services = field(default_factory=Services)
+    process: Process = field(default_factory=Process)
+    jwt: Jwt = field(default_factory=Jwt)
+    psp: Psp = field(default_factory=Psp)
+    retry: Retry = field(default_factory=Retry)
+    pending_auth: PendingAuth = field(default_factory=PendingAuth)
+    idempotency: Idempotency = field(default_factory=Idempotency)
+    sweep: Sweep = field(default_factory=Sweep)
+    outbox: Outbox = field(default_factory=Outbox)
+    bus: Bus = field(default_factory=Bus)
+    handler: Handler = field(default_factory=Handler)
+    kafka: Kafka = field(default_factory=Kafka)
+    balance: Balance = field(default_factory=Balance)
+    reconcile: Reconcile = field(default_factory=Reconcile)
+    db: Db = field(default_factory=Db)
+    redis: Redis = field(default_factory=Redis)
+    log: Log = field(default_factory=Log)
+    shutdown: Shutdown = field(default_factory=Shutdown)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        groups = {}
+        for group in fields(cls):
+            kind = _group_type(group.name)
+            values = {}
+            for f in fields(kind):
+                raw = env.get(env_name(kind, f))
+                if raw is not None and raw != "":
+                    values[f.name] = _parse(kind, f, raw)
+            groups[group.name] = kind(**values)
+        settings = cls(**groups)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Rules across settings."""
+        if self.retry.cap_ms < self.retry.base_ms:
+            raise SettingsError("MP_RETRY_CAP_MS must be >= MP_RETRY_BASE_MS")
+        if self.db.pool_min > self.db.pool_max:
+            raise SettingsError("MP_DB_POOL_MIN must be <= MP_DB_POOL_MAX")
+        if self.jwt.jwks_url and not self.jwt.audience:
+            # a realm's JWKS signs the tokens of every client of the realm: only the audience
+            # says which of them are meant for this service
+            raise SettingsError(
+                "MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set (the client id tokens for this service carry in aud)"
+            )
+        if self.jwt.secret is not None:
+            check_jwt_secret(self.jwt.secret)
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some settings changed, named `<group>_<field>` (`psp_scenario="PEAK"`)
+        or, for the services and the process, by field (`database_url=…`, `workers=2`)."""
+        by_group: dict[str, dict[str, object]] = {}
+        for name, value in changes.items():
+            group, field_name = _locate(name)
+            by_group.setdefault(group, {})[field_name] = value
+        return replace(self, **{g: replace(getattr(self, g), **v) for g, v in by_group.items()})
+
+
+def env_name(group: type, f: dataclasses.Field[Any]) -> str:
+    return f.metadata.get("env") or f"{group.PREFIX}{f.name.upper()}"  # type: ignore[attr-defined]
+
+
+def _group_type(name: str) -> type:
+    hint = typing.get_type_hints(Settings)[name]
+    assert isinstance(hint, type)
+    return hint
+
+
+def _locate(flat: str) -> tuple[str, str]:
+    for group in fields(Settings):
+        kind = _group_type(group.name)
+        names = {f.name for f in fields(kind)}
+        if kind.PREFIX in ("", "MP_") and flat in names:  # type: ignore[attr-defined]
+            return group.name, flat
+        if flat.startswith(group.name + "_") and flat[len(group.name) + 1 :] in names:
+            return group.name, flat[len(group.name) + 1 :]
+    raise TypeError(f"no setting named {flat!r}")
+
+
+def _parse(group: type, f: dataclasses.Field[Any], raw: str) -> Any:
+    name = env_name(group, f)
+    kind = typing.get_type_hints(group)[f.name]
+    if isinstance(kind, types.UnionType):  # `X | None`
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        minimum = f.metadata["minimum"] if f.metadata["minimum"] is not None else 0
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+    if f.metadata["choices"]:
+        choice = raw.upper() if f.metadata["choices"][0].isupper() else raw.lower()
+        if choice not in f.metadata["choices"]:
+            raise SettingsError(f"{name} must be one of {', '.join(f.metadata['choices'])}, got {raw!r}")
+        return choice
+    return Path(raw) if kind is Path else raw
+
+
+class Described(typing.NamedTuple):
+    env: str
+    value: str
+    default: str
+    doc: str
+
+
+def describe(settings: Settings) -> Iterator[tuple[str, list[Described]]]:
+    """Every setting with its environment variable, value (secrets hidden), default and meaning,
+    per group (what `marketplace-pay settings` prints)."""
+    for group in fields(Settings):
+        kind = _group_type(group.name)
+        defaults = kind()
+        rows = []
+        for f in fields(kind):
+            value, default = getattr(getattr(settings, group.name), f.name), getattr(defaults, f.name)
+            shown = "(set, hidden)" if f.metadata["secret"] and value is not None else _show(value)
+            if f.name == "instance_name":
+                default = "<hostname>-<pid>"
+            rows.append(Described(env_name(kind, f), shown, _show(default), f.metadata["doc"]))
+        yield (kind.__doc__ or group.name).strip(), rows
+
+
+def _show(value: object) -> str:
+    return "(unset)" if value is None else str(value)
+
 
 JWT_SECRET_BYTES_MIN = 32
 # Template text ("change-me-to-a-long-random-secret…") and secrets made of nothing but such
@@ -54,159 +365,3 @@ def check_jwt_secret(secret: str, source: str = "MP_JWT_SECRET") -> None:
     letters = re.sub(r"[^a-z0-9]", "", secret.lower())
     if _PLACEHOLDER.search(secret) or _PLACEHOLDER_WORDS.fullmatch(letters) or len(set(secret)) < 8:
         raise SettingsError(f"{source} looks like a placeholder, not a secret; {GENERATE_SECRET_HINT}")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    # services: None means "embedded" for PostgreSQL/Redis and "in-memory bus" for Kafka
-    database_url: str | None = None
-    redis_url: str | None = None
-    kafka_bootstrap_servers: str | None = None
-    data_dir: Path = Path(".marketplace-pay")
-    instance_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-
-    # auth
-    jwt_secret: str | None = None
-    jwt_jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_jwks_cache_s: int = 300
-
-    # PSP simulator
-    psp_scenario: str = "NORMAL"
-    psp_seed: int = 0
-    psp_auth_timeout_ms: int = 500
-    psp_capture_timeout_ms: int = 500
-    psp_call_log: Path | None = None
-    psp_max_inflight: int = 256
-
-    # capture retries (seed §7.1)
-    retry_base_ms: int = 2000
-    retry_cap_ms: int = 60000
-    retry_max: int = 5
-    retry_poll_ms: int = 500
-    retry_inflight_timeout_ms: int = 60000
-    retry_requeue_after_ms: int = 10000
-
-    # payments
-    pending_auth_check_after_ms: int = 2000
-    pending_auth_poll_ms: int = 1000
-    idempotency_ttl_hours: int = 48
-    idempotency_in_progress_ms: int = 30000
-    sweep_stuck_after_s: int = 120
-
-    # outbox / inbox / bus
-    outbox_batch_size: int = 500
-    outbox_poll_ms: int = 50
-    outbox_inflight_max: int = 5000
-    outbox_retention_s: int = 600
-    inbox_retention_hours: int = 168
-    bus_partitions: int = 4
-    handler_batch_max: int = 200
-    handler_max_attempts: int = 5
-    kafka_session_timeout_ms: int = 10000
-    kafka_topic_partitions: int = 0  # 0 = 48 per payments topic, 24 per ledger topic
-    kafka_replication_factor: int = 0  # 0 = as many brokers as the cluster has, up to 3
-
-    # balances (issue 4)
-    balance_fold_ms: int = 1000
-    reconcile_interval_s: int = 300
-
-    # database
-    db_pool_min: int = 2
-    db_pool_max: int = 20
-    db_vacuum_s: int = 60  # 0: never; only acts when the server's autovacuum is off
-    redis_prefix: str = "mp:"
-
-    # runtime
-    log_level: str = "INFO"
-    log_format: str = "json"
-    shutdown_grace_s: int = 20
-    faults: str | None = None
-    workers: int = 0  # 0 = one per two CPU cores (PostgreSQL shares the machine by default)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        scenario = (_str(env, "MP_PSP_SCENARIO", "NORMAL") or "NORMAL").upper()
-        if scenario not in PSP_SCENARIOS:
-            raise SettingsError(f"MP_PSP_SCENARIO must be one of {', '.join(PSP_SCENARIOS)}, got {scenario!r}")
-        log_format = (_str(env, "MP_LOG_FORMAT", "json") or "json").lower()
-        if log_format not in ("json", "text"):
-            raise SettingsError(f"MP_LOG_FORMAT must be json or text, got {log_format!r}")
-        defaults = cls()
-        settings = cls(
-            database_url=_str(env, "DATABASE_URL"),
-            redis_url=_str(env, "REDIS_URL"),
-            kafka_bootstrap_servers=_str(env, "KAFKA_BOOTSTRAP_SERVERS"),
-            data_dir=Path(_str(env, "MP_DATA_DIR", str(defaults.data_dir)) or defaults.data_dir),
-            instance_name=_str(env, "MP_INSTANCE_NAME", defaults.instance_name) or defaults.instance_name,
-            jwt_secret=_str(env, "MP_JWT_SECRET"),
-            jwt_jwks_url=_str(env, "MP_JWT_JWKS_URL"),
-            jwt_issuer=_str(env, "MP_JWT_ISSUER"),
-            jwt_audience=_str(env, "MP_JWT_AUDIENCE"),
-            jwt_jwks_cache_s=_int(env, "MP_JWT_JWKS_CACHE_S", defaults.jwt_jwks_cache_s, minimum=1),
-            psp_scenario=scenario,
-            psp_seed=_int(env, "MP_PSP_SEED", defaults.psp_seed),
-            psp_auth_timeout_ms=_int(env, "MP_PSP_AUTH_TIMEOUT_MS", defaults.psp_auth_timeout_ms, minimum=1),
-            psp_capture_timeout_ms=_int(env, "MP_PSP_CAPTURE_TIMEOUT_MS", defaults.psp_capture_timeout_ms, minimum=1),
-            psp_call_log=Path(p) if (p := _str(env, "MP_PSP_CALL_LOG")) else None,
-            psp_max_inflight=_int(env, "MP_PSP_MAX_INFLIGHT", defaults.psp_max_inflight, minimum=1),
-            retry_base_ms=_int(env, "MP_RETRY_BASE_MS", defaults.retry_base_ms, minimum=1),
-            retry_cap_ms=_int(env, "MP_RETRY_CAP_MS", defaults.retry_cap_ms, minimum=1),
-            retry_max=_int(env, "MP_RETRY_MAX", defaults.retry_max),
-            retry_poll_ms=_int(env, "MP_RETRY_POLL_MS", defaults.retry_poll_ms, minimum=10),
-            retry_inflight_timeout_ms=_int(
-                env, "MP_RETRY_INFLIGHT_TIMEOUT_MS", defaults.retry_inflight_timeout_ms, minimum=100
-            ),
-            retry_requeue_after_ms=_int(env, "MP_RETRY_REQUEUE_AFTER_MS", defaults.retry_requeue_after_ms, minimum=100),
-            pending_auth_check_after_ms=_int(
-                env, "MP_PENDING_AUTH_CHECK_AFTER_MS", defaults.pending_auth_check_after_ms, minimum=1
-            ),
-            pending_auth_poll_ms=_int(env, "MP_PENDING_AUTH_POLL_MS", defaults.pending_auth_poll_ms, minimum=10),
-            idempotency_ttl_hours=_int(env, "MP_IDEMPOTENCY_TTL_HOURS", defaults.idempotency_ttl_hours, minimum=24),
-            idempotency_in_progress_ms=_int(
-                env, "MP_IDEMPOTENCY_IN_PROGRESS_MS", defaults.idempotency_in_progress_ms, minimum=100
-            ),
-            sweep_stuck_after_s=_int(env, "MP_SWEEP_STUCK_AFTER_S", defaults.sweep_stuck_after_s, minimum=1),
-            outbox_batch_size=_int(env, "MP_OUTBOX_BATCH_SIZE", defaults.outbox_batch_size, minimum=1),
-            outbox_poll_ms=_int(env, "MP_OUTBOX_POLL_MS", defaults.outbox_poll_ms, minimum=10),
-            outbox_inflight_max=_int(env, "MP_OUTBOX_INFLIGHT_MAX", defaults.outbox_inflight_max, minimum=1),
-            outbox_retention_s=_int(env, "MP_OUTBOX_RETENTION_S", defaults.outbox_retention_s),
-            inbox_retention_hours=_int(env, "MP_INBOX_RETENTION_HOURS", defaults.inbox_retention_hours, minimum=1),
-            bus_partitions=_int(env, "MP_BUS_PARTITIONS", defaults.bus_partitions, minimum=1),
-            handler_batch_max=_int(env, "MP_HANDLER_BATCH_MAX", defaults.handler_batch_max, minimum=1),
-            handler_max_attempts=_int(env, "MP_HANDLER_MAX_ATTEMPTS", defaults.handler_max_attempts, minimum=1),
-            kafka_session_timeout_ms=_int(
-                env, "MP_KAFKA_SESSION_TIMEOUT_MS", defaults.kafka_session_timeout_ms, minimum=1000
-            ),
-            kafka_topic_partitions=_int(env, "MP_KAFKA_TOPIC_PARTITIONS", defaults.kafka_topic_partitions),
-            kafka_replication_factor=_int(env, "MP_KAFKA_REPLICATION_FACTOR", defaults.kafka_replication_factor),
-            balance_fold_ms=_int(env, "MP_BALANCE_FOLD_MS", defaults.balance_fold_ms, minimum=10),
-            reconcile_interval_s=_int(env, "MP_RECONCILE_INTERVAL_S", defaults.reconcile_interval_s, minimum=1),
-            db_pool_min=_int(env, "MP_DB_POOL_MIN", defaults.db_pool_min, minimum=1),
-            db_pool_max=_int(env, "MP_DB_POOL_MAX", defaults.db_pool_max, minimum=2),
-            db_vacuum_s=_int(env, "MP_DB_VACUUM_S", defaults.db_vacuum_s),
-            redis_prefix=_str(env, "MP_REDIS_PREFIX", defaults.redis_prefix) or defaults.redis_prefix,
-            log_level=(_str(env, "MP_LOG_LEVEL", "INFO") or "INFO").upper(),
-            log_format=log_format,
-            shutdown_grace_s=_int(env, "MP_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
-            faults=_str(env, "MP_FAULTS"),
-            workers=_int(env, "MP_WORKERS", defaults.workers),
-        )
-        if settings.retry_cap_ms < settings.retry_base_ms:
-            raise SettingsError("MP_RETRY_CAP_MS must be >= MP_RETRY_BASE_MS")
-        if settings.db_pool_min > settings.db_pool_max:
-            raise SettingsError("MP_DB_POOL_MIN must be <= MP_DB_POOL_MAX")
-        if settings.jwt_jwks_url and not settings.jwt_audience:
-            # a realm's JWKS signs the tokens of every client of the realm: only the audience
-            # says which of them are meant for this service
-            raise SettingsError(
-                "MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set (the client id tokens for this service carry in aud)"
-            )
-        if settings.jwt_secret is not None:
-            check_jwt_secret(settings.jwt_secret)
-        return settings
-
-    def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from marketplace_pay.infra.db import create_pool
-from marketplace_pay.payments.adapters.postgres import PgCaptureStore, PgPaymentStore, PgRetryUnitOfWork
+from marketplace_pay.payments.adapters.pg_capture import PgCaptureStore, PgRetryUnitOfWork
+from marketplace_pay.payments.adapters.pg_payments import PgPaymentStore
 from marketplace_pay.payments.adapters.redis import RedisRetryQueue
 from marketplace_pay.payments.application.capture import order_fields
 from marketplace_pay.payments.application.ports import Keyed, NewOrder

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
-from marketplace_pay.balances.application.balances import Entry, OverlayUnavailable
+from marketplace_pay.balances import Entry, OverlayUnavailable
 from tests.services import free_port
 from tests.fakes import FakeOverlay
 

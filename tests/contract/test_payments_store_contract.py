@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from marketplace_pay.infra.db import create_pool
-from marketplace_pay.payments.adapters.postgres import PgPaymentStore
+from marketplace_pay.payments.adapters.pg_payments import PgPaymentStore
 from marketplace_pay.payments.application.ports import Keyed
 from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
 from marketplace_pay.shared.clock import FixedClock

@@ -29,7 +29,7 @@ def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
 
 def traffic(service: ServiceProcess, count: int, *, seed: int) -> int:
     rng = random.Random(seed)
-    headers = auth(service.settings.jwt_secret or "", "payment:write")
+    headers = auth(service.settings.jwt.secret or "", "payment:write")
     sent = 0
     with httpx.Client(timeout=10) as client:
         for _ in range(count):
@@ -87,7 +87,7 @@ async def assert_books_balance(service: ServiceProcess, dsn: str) -> None:
     assert journals["CAPTURE"] == len(captured)
     assert journals.get("AUTH_RELEASE", 0) == sum(1 for o in orders if o["status"] == "CAPTURE_FAILED")
     assert journals["COMMISSION_FEE"] == sum(1 for o in captured if (o["amount_minor"] * 500 + 5000) // 10000 > 0)
-    finance = auth(service.settings.jwt_secret or "", "FINANCE")
+    finance = auth(service.settings.jwt.secret or "", "FINANCE")
     with httpx.Client(timeout=10) as client:
         for code, total in sums.items():
             r = client.get(f"{service.url}/api/v1/accounts/{code}/balance", headers=finance)
@@ -120,9 +120,9 @@ async def test_redis_flushed_mid_run_then_reconcile_repair(
     processes.append(service)
     service.start()
     traffic(service, 40, seed=3)
-    client = aioredis.Redis.from_url(settings.redis_url or "")
+    client = aioredis.Redis.from_url(settings.services.redis_url or "")
     try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*")]
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis.prefix}*")]
         assert any(b"bal:o:" in k for k in keys)
         await client.delete(*keys)  # Redis lost everything, mid-run
     finally:

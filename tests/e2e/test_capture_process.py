@@ -26,7 +26,7 @@ SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 def create(service: ServiceProcess, count: int, *, amount: Any, seed: int = 7, answers: tuple[int, ...] = (202,)) -> int:
     """POST `count` payments; returns how many were answered before the process died."""
     rng = random.Random(seed)
-    headers = auth(service.settings.jwt_secret or "", "payment:write")
+    headers = auth(service.settings.jwt.secret or "", "payment:write")
     accepted = 0
     with httpx.Client(timeout=10) as client:
         for _ in range(count):
@@ -218,7 +218,7 @@ async def test_a_restart_under_the_same_instance_name_strands_nothing(
     service = ServiceProcess(settings, extra_env={"MP_INSTANCE_NAME": "payments-0"})
     processes.append(service)
     service.start()
-    headers = auth(settings.jwt_secret or "", "payment:write")
+    headers = auth(settings.jwt.secret or "", "payment:write")
 
     async def burst() -> int:
         accepted = 0

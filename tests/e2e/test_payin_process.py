@@ -30,7 +30,7 @@ def post(service: ServiceProcess, body: dict[str, Any], **headers: str) -> httpx
         return httpx.post(
             f"{service.url}/api/v1/payments",
             json=body,
-            headers=auth(service.settings.jwt_secret or "", "payment:write") | headers,
+            headers=auth(service.settings.jwt.secret or "", "payment:write") | headers,
             timeout=10,
         )
     except httpx.HTTPError:
@@ -143,7 +143,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
     service = ServiceProcess(settings_for(fresh_database, psp_scenario="NORMAL"))
     processes.append(service)
     service.start()
-    headers = auth(service.settings.jwt_secret or "", "payment:write")
+    headers = auth(service.settings.jwt.secret or "", "payment:write")
     buyers = [uid(f"B{i}") for i in range(30)]
 
     async def one(buyer: str) -> int | Exception:
@@ -183,7 +183,7 @@ async def test_the_embedded_default_runs_with_nothing_configured(tmp_path: Path,
     data kept across a restart."""
     from marketplace_pay.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "data", jwt_secret=None)
+    settings = Settings().with_(data_dir=tmp_path / "data", jwt_secret=None)
     service = ServiceProcess(settings)
     env = {k: v for k, v in service.env().items() if k not in ("DATABASE_URL", "REDIS_URL", "MP_JWT_SECRET", "MP_REDIS_PREFIX")}
     service.env = lambda: env  # type: ignore[method-assign]

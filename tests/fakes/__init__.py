@@ -4,11 +4,12 @@ fakes cannot drift from the real thing."""
 
 from tests.fakes.balances import FakeBalanceStore, FakeOverlay
 from tests.fakes.db import FakeDatabase, FakeUnitOfWork
-from tests.fakes.ledger import FakeLedgerUnitOfWork, FakeSellerStore
+from tests.fakes.ledger import FakeLedgerReads, FakeLedgerUnitOfWork, FakeSellerStore
 from tests.fakes.payments import (
     FakeCaptureStore,
     FakeIds,
     FakePaymentStore,
+    FakePaymentViews,
     FakeRetryQueue,
     FakeRetryUnitOfWork,
     ScriptedAuthorizationGateway,
@@ -20,9 +21,11 @@ __all__ = [
     "FakeCaptureStore",
     "FakeDatabase",
     "FakeIds",
+    "FakeLedgerReads",
     "FakeLedgerUnitOfWork",
     "FakeOverlay",
     "FakePaymentStore",
+    "FakePaymentViews",
     "FakeRetryQueue",
     "FakeRetryUnitOfWork",
     "FakeSellerStore",

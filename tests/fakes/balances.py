@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from marketplace_pay.balances.application.balances import Drift, Entry, Folded, OverlayUnavailable, Snapshot, Unfolded
+from marketplace_pay.balances.application.ports import Folded, OverlayUnavailable, Snapshot, TrialBalance, Unfolded
+from marketplace_pay.balances.domain.balance import Check, Drift, Entry
 from tests.fakes.db import FakeDatabase
 from tests.fakes.ledger import postings
 
@@ -96,13 +97,17 @@ class FakeBalanceStore:
         expected = self._expected()
         accounts = set(expected) | set(self.balances)
         return len(accounts), [
-            Drift("snapshot", c, expected.get(c, 0), self.balances.get(c, 0))
+            Drift(Check.SNAPSHOT, c, expected.get(c, 0), self.balances.get(c, 0))
             for c in accounts
             if expected.get(c, 0) != self.balances.get(c, 0)
         ]
 
-    async def trial_balance_drift(self) -> list[Drift]:
-        return []
+    async def trial_balance(self) -> list[TrialBalance]:
+        sums: dict[str, list[int]] = {}
+        for stored, posting in postings(self._db.tables):
+            side = sums.setdefault(stored.journal.currency.value, [0, 0])
+            side[0 if posting.direction.value == "DEBIT" else 1] += posting.amount_minor
+        return [TrialBalance(c, d, k) for c, (d, k) in sorted(sums.items())]
 
     async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
         return []

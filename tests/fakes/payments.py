@@ -21,6 +21,7 @@ from marketplace_pay.payments.application.ports import (
     PspTimeout,
     StoredPayment as FoundPayment,
 )
+from marketplace_pay.payments.application.views import OrderState, PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
 from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.envelope import Envelope
@@ -310,3 +311,21 @@ class ScriptedCaptureGateway:
     def captures_by_key(self) -> dict[str, CaptureOutcome]:
         """What the PSP did, per key it received."""
         return dict(self.done)
+
+
+class FakePaymentViews:
+    """The payment reads, over the fake tables."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def view(self, payment_id: int) -> PaymentView | None:
+        stored = self._db.tables.payments.get(payment_id)
+        if stored is None:
+            return None
+        orders = {
+            o.order.payment_order_id: OrderState(o.order.status.value, o.order.retry_count, o.order.updated_at)
+            for o in self._db.tables.orders.values()
+            if o.order.payment_id == payment_id
+        }
+        return payment_view(stored.payment, orders)

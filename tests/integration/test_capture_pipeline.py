@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from marketplace_pay.payments.adapters.redis import RedisRetryQueue
 from marketplace_pay.shared.ids import public_payment_order_id as public
 from tests.harness import Service, payment_body, psp_calls, start_service
 
@@ -20,7 +21,7 @@ SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
 def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
     settings = settings_for(dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20} | overrides))
-    return settings.with_(psp_call_log=settings.data_dir / f"psp-{uuid.uuid4().hex[:6]}.jsonl")
+    return settings.with_(psp_call_log=settings.process.data_dir / f"psp-{uuid.uuid4().hex[:6]}.jsonl")
 
 
 async def create_payments(svc: Service, count: int, *, seed: int = 1, amount: Any = None) -> list[str]:
@@ -66,7 +67,7 @@ async def test_normal_scenario_every_payment_finishes_and_matches_what_the_psp_s
             """SELECT msg_key, count(DISTINCT event_id) AS n FROM outbox
                WHERE event_type = 'payment_order_finalized' GROUP BY msg_key"""
         )
-        calls = psp_calls(settings.psp_call_log, "capture")
+        calls = psp_calls(settings.psp.call_log, "capture")
 
     assert len(payments) == 200 and all(p["status"] in TERMINAL_PAYMENT and p["orders_open"] == 0 for p in payments)
     assert orders and {o["status"] for o in orders} <= {"CAPTURED", "CAPTURE_FAILED"}
@@ -141,7 +142,7 @@ async def test_redis_flushed_with_retries_pending_loses_none(fresh_database: str
     settings = fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", retry_base_ms=400, retry_cap_ms=800, retry_requeue_after_ms=300)
     async with start_service(settings) as svc:
         ids = await create_payments(svc, 10, amount=lambda rng: rng.randint(1, 90) * 100 + 13)
-        retries = svc.container.retries
+        retries = RedisRetryQueue(svc.resources.redis, prefix=settings.redis.prefix)
 
         async def some_waiting() -> bool:
             return (await retries.sizes())[0] >= 5
@@ -150,7 +151,7 @@ async def test_redis_flushed_with_retries_pending_loses_none(fresh_database: str
         await svc.resources.redis.delete(retries.queue_key, retries.inflight_key)  # Redis lost them
         await wait_all_terminal(svc, ids, timeout=60)
         orders = await svc.fetch("SELECT status, retry_count FROM payment_orders")
-        calls = Counter(c.paymentOrderId for c in psp_calls(settings.psp_call_log, "capture"))
+        calls = Counter(c.paymentOrderId for c in psp_calls(settings.psp.call_log, "capture"))
     assert {(o["status"], o["retry_count"]) for o in orders} == {("CAPTURE_FAILED", 5)}
     assert set(calls.values()) == {6}
 
@@ -159,7 +160,7 @@ async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: s
     settings = fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", retry_base_ms=300, retry_cap_ms=300, retry_poll_ms=60_000)
     async with start_service(settings) as svc:
         ids = await create_payments(svc, 10, amount=lambda rng: rng.randint(1, 90) * 100 + 13)
-        retries = svc.container.retries
+        retries = RedisRetryQueue(svc.resources.redis, prefix=settings.redis.prefix)
 
         async def all_waiting() -> bool:
             return (await retries.sizes())[0] >= 10
@@ -167,16 +168,16 @@ async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: s
         await svc.until(all_waiting, timeout=20)
         for _ in range(5):  # the job is off (poll 60 s): dispatch by hand, many at once, and again
             await asyncio.sleep(0.35)
-            await svc.container.requeue_lost_retries()
-            await asyncio.gather(*(svc.container.dispatch_due_retries() for _ in range(4)))
+            await svc.container.payments.requeue_lost_retries()
+            await asyncio.gather(*(svc.container.payments.dispatch_due_retries() for _ in range(4)))
             waiting = await svc.fetch("SELECT payment_order_id, retry_count FROM payment_orders WHERE status = 'PENDING_CAPTURE'")
             await retries.schedule([(w["payment_order_id"], w["retry_count"], 0) for w in waiting])  # duplicates
         for _ in range(20):
             await asyncio.sleep(0.35)
-            await asyncio.gather(*(svc.container.dispatch_due_retries() for _ in range(4)))
+            await asyncio.gather(*(svc.container.payments.dispatch_due_retries() for _ in range(4)))
         await wait_all_terminal(svc, ids, timeout=30)
         commands = await svc.fetch("SELECT event_id FROM outbox WHERE event_type = 'capture_payment_order'")
         orders = await svc.fetchval("SELECT count(*) FROM payment_orders WHERE status = 'CAPTURE_FAILED' AND retry_count = 5")
-        calls = Counter(c.key for c in psp_calls(settings.psp_call_log, "capture"))
+        calls = Counter(c.key for c in psp_calls(settings.psp.call_log, "capture"))
     assert len(commands) == len({c["event_id"] for c in commands}) == orders * 5  # one command per retry
     assert set(calls.values()) == {1}  # every (order, attempt) reached the PSP once

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from marketplace_pay.balances.adapters.postgres import PgBalanceStore
 from tests.harness import Service, payment_body, start_service
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
@@ -59,16 +60,16 @@ async def test_500_payments_seller_balances_equal_captures_minus_commission(fres
             r = await svc.client.get(f"/api/v1/sellers/{seller}/balance", headers=finance)
             assert r.status_code == 200
             assert r.json()["balance"] == {"quantity": expected[seller], "currency": "EUR"}, seller
-        report = await svc.container.reconcile()
+        report = await svc.container.balances.reconcile()
         assert report.ok, report.drift
-        trial = await svc.container.balance_store.trial_balance()
-        assert trial and all(debits == credits for _, debits, credits in trial)
+        trial = await PgBalanceStore(svc.resources.pool).trial_balance()
+        assert trial and all(t.debits_minor == t.credits_minor for t in trial)
         # the AUTH accounts of finished payments net to zero: here, every payment is finished
         for code in ("AUTH_RECEIVABLE.GLOBAL.EUR", "AUTH_LIABILITY.GLOBAL.EUR"):
-            assert (await svc.container.read_balance(code)).balance_minor == 0
-        assert await svc.container.balance_store.auth_drift(finished_before_s=0) == []  # every payment, now
+            assert (await svc.container.balances.of_account(code)).balance_minor == 0
+        assert await PgBalanceStore(svc.resources.pool).auth_drift(finished_before_s=0) == []  # every payment, now
         # everything folded: the horizon is past the last journal's transaction
-        await svc.container.fold_balances()
+        await svc.container.balances.fold()
         assert await svc.fetchval("SELECT folded_tx > (SELECT max(tx) FROM journal_entries) FROM balance_horizon")
 
 
@@ -77,7 +78,7 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
         r = await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-111", 1000)]))
         await settled(svc, 1)
         pid = await svc.fetchval("SELECT payment_id FROM payments")
-        assert (await svc.container.reconcile(grace_s=0)).ok
+        assert (await svc.container.balances.reconcile(grace_s=0)).ok
         # A capture recorded for too little (a bug elsewhere): the hold is not fully released.
         async with svc.resources.pool.acquire() as conn, conn.transaction():
             seq = await conn.fetchval(
@@ -91,9 +92,9 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
                           ('ADJ:auth', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 10, -10, 'EUR')""",
                 seq,
             )
-        report = await svc.container.reconcile(grace_s=0)
+        report = await svc.container.balances.reconcile(grace_s=0)
         assert [(d.check, d.subject, d.actual_minor) for d in report.drift] == [("auth-open", f"{pid}:AUTH_RECEIVABLE", 10)]
-        assert not (await svc.container.reconcile(grace_s=3600)).drift  # too recent to judge yet
+        assert not (await svc.container.balances.reconcile(grace_s=3600)).drift  # too recent to judge yet
         assert r.status_code == 202
 
 
@@ -240,15 +241,15 @@ async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_databas
         rows = await svc.fetch("SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY tx, id")
         events = [decode_envelope(r["payload"], LedgerEntriesRecorded) for r in rows]
         [apply] = [s.handler for s in svc.container.subscriptions if s.event is LedgerEntriesRecorded]
-        before = {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        before = {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
         await apply(list(reversed(events)) + events)
         await asyncio.gather(*(apply([e]) for e in events))
-        after = {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        after = {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
         assert after == before
-        await svc.container.fold_balances()
+        await svc.container.balances.fold()
         await apply(events)  # after the fold: below the horizon, ignored
-        assert {s: (await svc.container.read_balance(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS} == before
-        assert (await svc.container.reconcile()).ok
+        assert {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS} == before
+        assert (await svc.container.balances.reconcile()).ok
 
 
 async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_folded(
@@ -277,21 +278,21 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
             early_tx = await slow.fetchval("SELECT pg_current_xact_id()")
             await pay_many(svc, 3, seed=2)  # later journals, committed while ADJ:slow is still open
             await svc.until(lambda: svc.fetchval("SELECT count(*) > 3 FROM journal_entries"), timeout=20)
-            folded = await asyncio.wait_for(svc.container.fold_balances(), timeout=2)  # nobody waits
+            folded = await asyncio.wait_for(svc.container.balances.fold(), timeout=2)  # nobody waits
             assert folded is not None and folded.horizon <= early_tx  # the open writer holds the horizon back
             assert await svc.fetchval("SELECT count(*) FROM postings WHERE tx >= $1", folded.horizon) >= 2
             await tx.commit()
         finally:
             await pool.release(slow)
-        folded = await svc.container.fold_balances()
+        folded = await svc.container.balances.fold()
         assert folded is not None and folded.horizon > early_tx  # ...and once it committed, it is folded too
         assert early_seq
         await settled(svc, 3)
-        await svc.container.fold_balances()
-        report = await svc.container.reconcile()
+        await svc.container.balances.fold()
+        report = await svc.container.balances.reconcile()
         assert report.ok, report.drift
         total = await svc.fetchval("SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'")
-        assert (await svc.container.read_balance("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total
+        assert (await svc.container.balances.of_account("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total
 
 
 async def test_recording_a_journal_reads_the_ledger_by_key_not_whole(fresh_database: str) -> None:

@@ -26,9 +26,9 @@ def test_schemathesis_finds_no_failure(fresh_database: str, settings_for: Any, t
     settings = settings_for(fresh_database, psp_scenario="BEST_PSP_EVER")
     service = ServiceProcess(settings).start()
     try:
-        assert settings.jwt_secret
+        assert settings.jwt.secret
         # ADMIN may call every operation; the seller claim lets it read /sellers/me/balance too
-        token = issue_token(settings.jwt_secret, roles=["ADMIN"], seller_id="SELLER-111", ttl_s=3600)
+        token = issue_token(settings.jwt.secret, roles=["ADMIN"], seller_id="SELLER-111", ttl_s=3600)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         run = subprocess.run(
             [

@@ -184,7 +184,7 @@ async def test_missing_or_garbage_tokens_are_401(svc: Service, headers: dict[str
 async def test_expired_and_foreign_tokens_are_401_and_wrong_role_403(svc: Service) -> None:
     from marketplace_pay.infra.auth import issue_token
 
-    secret = svc.settings.jwt_secret or ""
+    secret = svc.settings.jwt.secret or ""
     expired = issue_token(secret, roles=["payment:write"], ttl_s=-120)
     foreign = issue_token("another-service-secret-0123456789-abcdef", roles=["payment:write"])
     for token in (expired, foreign):
@@ -203,7 +203,7 @@ async def test_keycloak_realm_roles_are_accepted(svc: Service) -> None:
 
     token = jwt.encode(
         {"sub": "svc", "exp": int(time.time()) + 60, "realm_access": {"roles": ["payment:write"]}},
-        svc.settings.jwt_secret or "",
+        svc.settings.jwt.secret or "",
         algorithm="HS256",
     )
     r = await svc.client.post("/api/v1/payments", json=payment_body(uid("BUYER")), headers={"Authorization": f"Bearer {token}"})

@@ -145,8 +145,8 @@ def test_a_jwks_without_an_audience_is_refused_at_start() -> None:
     with pytest.raises(SettingsError, match="MP_JWT_AUDIENCE"):
         JwtVerifier(secret=None, jwks_url="https://idp.example/jwks")
     settings = Settings.from_env({"MP_JWT_JWKS_URL": "https://idp.example/jwks", "MP_JWT_AUDIENCE": AUDIENCE})
-    assert settings.jwt_audience == AUDIENCE and settings.jwt_jwks_cache_s == 300
-    assert Settings.from_env({"MP_JWT_JWKS_CACHE_S": "60"}).jwt_jwks_cache_s == 60
+    assert settings.jwt.audience == AUDIENCE and settings.jwt.jwks_cache_s == 300
+    assert Settings.from_env({"MP_JWT_JWKS_CACHE_S": "60"}).jwt.jwks_cache_s == 60
 
 
 @pytest.mark.parametrize(
@@ -175,8 +175,8 @@ def test_a_random_jwt_secret_is_accepted() -> None:
     import secrets
 
     value = secrets.token_urlsafe(48)
-    assert Settings.from_env({"MP_JWT_SECRET": value}).jwt_secret == value
-    assert Settings.from_env({"MP_JWT_SECRET": secrets.token_hex(16)}).jwt_secret  # 32 bytes exactly
+    assert Settings.from_env({"MP_JWT_SECRET": value}).jwt.secret == value
+    assert Settings.from_env({"MP_JWT_SECRET": secrets.token_hex(16)}).jwt.secret  # 32 bytes exactly
 
 
 async def test_the_idempotency_scope_is_the_client_azp_else_sub() -> None:

@@ -168,7 +168,7 @@ async def test_a_slow_psp_is_an_unknown_retried_with_the_same_key() -> None:
 
 
 async def test_psp_calls_in_flight_are_bounded_by_the_setting() -> None:
-    w = World(settings=Settings(jwt_secret="x" * 40, psp_capture_timeout_ms=5000, psp_max_inflight=3))
+    w = World(settings=Settings().with_(jwt_secret="x" * 40, psp_capture_timeout_ms=5000, psp_max_inflight=3))
     inflight = peak = 0
 
     async def capture(*, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome:
@@ -194,8 +194,8 @@ async def test_retries_lost_by_redis_are_requeued_from_the_database() -> None:
     assert await w.retries.sizes() == (1, 0)
     w.retries.waiting.clear()  # Redis restarted empty
     w.clock.advance(ms=120_000)
-    assert await w.container.dispatch_due_retries() == 0
-    assert await w.container.requeue_lost_retries() == 1
+    assert await w.container.payments.dispatch_due_retries() == 0
+    assert await w.container.payments.requeue_lost_retries() == 1
     await w.settle()
     [order] = w.orders().values()
     assert order.status is S.CAPTURED
@@ -208,8 +208,8 @@ async def test_concurrent_dispatchers_publish_each_retry_once(dispatchers: int) 
     await w.drain()
     w.clock.advance(ms=60_000)
     await w.retries.schedule([(po, a, 0) for (po, a) in list(w.retries.waiting)])  # scheduled twice
-    await w.container.requeue_lost_retries()
-    counts = await asyncio.gather(*(w.container.dispatch_due_retries() for _ in range(dispatchers)))
+    await w.container.payments.requeue_lost_retries()
+    counts = await asyncio.gather(*(w.container.payments.dispatch_due_retries() for _ in range(dispatchers)))
     assert sum(counts) == 2
     await w.settle()
     assert Counter(e.event_id for e in w.events("capture_payment_order")).most_common(1)[0][1] == 1
@@ -221,14 +221,14 @@ async def test_the_sweeper_drives_an_order_whose_command_was_lost_again() -> Non
     await w.pay(1000)
     await w.drain()
     w.clock.advance(ms=60_000)
-    assert await w.container.dispatch_due_retries() == 1
+    assert await w.container.payments.dispatch_due_retries() == 1
     del w.db.tables.outbox[w.cursor :]  # the capture command was dead-lettered, or lost
     [order] = w.orders().values()
     assert (order.status, order.next_retry_at) == (S.PENDING_CAPTURE, None)
-    assert await w.container.sweep_stuck_orders() == 0  # not stuck yet: still within its schedule
-    w.clock.advance(ms=w.container.settings.sweep_stuck_after_s * 1000 + 1)
-    assert await w.container.sweep_stuck_orders() == 1
+    assert await w.container.payments.sweep_stuck_orders() == 0  # not stuck yet: still within its schedule
+    w.clock.advance(ms=w.container.settings.sweep.stuck_after_s * 1000 + 1)
+    assert await w.container.payments.sweep_stuck_orders() == 1
     await w.settle()
     [order] = w.orders().values()
     assert (order.status, order.retry_count) == (S.CAPTURED, 1)
-    assert await w.container.sweep_stuck_orders() == 0
+    assert await w.container.payments.sweep_stuck_orders() == 0

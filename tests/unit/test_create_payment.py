@@ -79,11 +79,11 @@ async def test_psp_timeout_leaves_pending_auth_and_the_resolver_finishes_it() ->
     assert isinstance(result, Created) and result.payment.status is PaymentStatus.PENDING_AUTH
     assert w.db.tables.outbox == []
     w.clock.advance(ms=5000)
-    assert await w.container.resolve_pending_authorizations() == 1
+    assert await w.container.payments.resolve_pending_authorizations() == 1
     stored = w.db.tables.payments[result.payment.payment_id].payment
     assert stored.status is PaymentStatus.AUTHORIZED
     assert [e.event_type for e in w.db.tables.outbox] == ["payment_authorized"]
-    assert await w.container.resolve_pending_authorizations() == 0  # nothing left pending
+    assert await w.container.payments.resolve_pending_authorizations() == 0  # nothing left pending
 
 
 # Validation, in the order SPEC §3.3 gives it; nothing is written and the PSP is not called.

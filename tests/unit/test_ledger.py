@@ -7,7 +7,8 @@ import pytest
 
 from marketplace_pay.ledger.application.directory import OnboardSeller
 from marketplace_pay.ledger.domain.accounts import Account, AccountType
-from marketplace_pay.balances.application.balances import Entry, _real_time_drift
+from marketplace_pay.balances.application.reconcile import real_time_drift
+from marketplace_pay.balances.domain.balance import Entry
 from marketplace_pay.ledger.domain.journal import (
     Direction,
     JournalEntry,
@@ -167,7 +168,7 @@ async def test_scenarios(name: str, answers: dict[int, list[CaptureOutcome]], am
     assert all(ref.payment_id == pid for _, ref in w.db.tables.journals.values())
     for code, balance in expected.items():
         assert await w.balance(code) == balance, code
-    await w.container.fold_balances()
+    await w.container.balances.fold()
     for code, balance in expected.items():  # the same after folding into the snapshot
         assert await w.balance(code) == balance, code
     assert w.overlay.zsets == {} or all(not z for z in w.overlay.zsets.values())
@@ -207,11 +208,11 @@ async def test_ledger_entries_delivered_twice_and_out_of_order_count_once() -> N
     for env in reversed(recorded):  # again, backwards
         await apply([env, env])
     assert await w.balance(M1) == 950 and await w.balance(REV) == 150 and await w.balance(AR) == 0
-    await w.container.fold_balances()
+    await w.container.balances.fold()
     for env in recorded:  # and once more after they were folded
         await apply([env])
     assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000
-    report = await w.container.reconcile()
+    report = await w.container.balances.reconcile()
     assert report.ok, report.drift
 
 
@@ -221,14 +222,14 @@ async def test_reconcile_finds_broken_balances_and_repair_rebuilds_them() -> Non
     await w.settle()
     w.overlay.zsets.clear()  # Redis lost its data before a fold
     assert await w.balance(M1) == 0
-    report = await w.container.reconcile()
+    report = await w.container.balances.reconcile()
     # reconcile folds first: the snapshot now holds everything, so real time is right again
     assert report.ok and await w.balance(M1) == 950
     w.balance_store.balances[M1] += 7  # a snapshot someone broke
     await w.overlay.apply([Entry(PSP, w.db.xid + 5, 10_000, 5)])  # and an overlay entry matching no posting
-    broken = await w.container.reconcile()
+    broken = await w.container.balances.reconcile()
     assert sorted((d.check, d.subject, d.difference_minor) for d in broken.drift) == [("real-time", PSP, 5), ("snapshot", M1, 7)]
-    repaired = await w.container.reconcile(repair=True)
+    repaired = await w.container.balances.reconcile(repair=True)
     assert repaired.ok and await w.balance(M1) == 950 and await w.balance(PSP) == 1000
 
 
@@ -237,9 +238,9 @@ async def test_the_overlay_check_waits_for_young_postings_but_not_for_old_ones()
     await w.pay(1000)
     await w.drain()  # recorded and applied, not folded yet
     w.overlay.zsets.clear()  # as if their events had not reached Redis yet
-    assert await _real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30) == []
+    assert await real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30) == []
     w.clock.advance(ms=60_000)  # a minute later they should long have arrived: lost
-    missing = await _real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30)
+    missing = await real_time_drift(w.balance_store, w.overlay, w.clock, grace_s=30)
     assert {(d.subject, d.expected_minor, d.actual_minor) for d in missing} >= {(M1, 950, 0), (PSP, 1000, 0)}
 
 
@@ -250,7 +251,7 @@ async def test_with_redis_down_the_pipeline_goes_on_and_balances_come_from_postg
     await w.settle()  # capture and recording went on: nothing waited for Redis
     assert len(w.db.tables.journals) == 5
     assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000  # snapshot + unfolded postings
-    await w.container.fold_balances()
+    await w.container.balances.fold()
     assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000
     w.overlay.down = False
     assert await w.balance(M1) == 950  # and once Redis is back, the folded snapshot holds it

@@ -6,14 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import asyncpg
+from typing import Any
 
 from marketplace_pay.settings import Settings, SettingsError
 
-T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -54,8 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     self._captured_signals.clear()
 
     settings = _settings()
-    setup_logging(settings.log_level, settings.log_format)
-    workers = args.workers or settings.workers or default_workers()
+    setup_logging(settings.log.level, settings.log.format)
+    workers = args.workers or settings.process.workers or default_workers()
     common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -64,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "log_config": None,
         "access_log": False,
-        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        "timeout_graceful_shutdown": settings.shutdown.grace_s,
         # longer than clients keep idle connections (httpx: 5 s, the same as uvicorn's default,
         # which races: the client reuses a connection the server is closing, and a POST fails)
         "timeout_keep_alive": 75,
@@ -86,8 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     dsn, redis_url, embedded_redis = asyncio.run(resolve_services(settings))
     os.environ.update(DATABASE_URL=dsn, REDIS_URL=redis_url, MP_SUPERVISED="1")
-    if not settings.jwt_jwks_url:
-        os.environ["MP_JWT_SECRET"] = resolve_jwt_secret(settings.jwt_secret, settings.data_dir)
+    if not settings.jwt.jwks_url:
+        os.environ["MP_JWT_SECRET"] = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
     config = uvicorn.Config("marketplace_pay.entrypoints.http:create_app", factory=True, workers=workers, **common)
     try:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
@@ -97,23 +93,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_db(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, migrated: bool = True) -> T:
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+
     from marketplace_pay.infra.db import migrate
     from marketplace_pay.infra.resources import resolve_dsn
 
-    conn = await asyncpg.connect(await resolve_dsn(settings))
-    try:
-        if migrated:
-            await migrate(conn)
-        return await fn(conn)
-    finally:
-        await conn.close()
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(await resolve_dsn(_settings()))
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
 
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from marketplace_pay.infra.db import migrate
-
-    applied = asyncio.run(_with_db(_settings(), migrate, migrated=False))
+    applied = asyncio.run(run())
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
     return 0
 
@@ -127,7 +120,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"warning: unknown role(s) {', '.join(unknown)}; known: {', '.join(ROLES)}", file=sys.stderr)
     if "SELLER" in args.role and not args.seller:
         print("warning: a SELLER token without --seller cannot read any balance", file=sys.stderr)
-    secret = resolve_jwt_secret(settings.jwt_secret, settings.data_dir)
+    secret = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
     print(
         issue_token(
             secret,
@@ -135,8 +128,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             seller_id=args.seller,
             ttl_s=args.ttl,
             subject=args.sub,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
+            issuer=settings.jwt.issuer,
+            audience=settings.jwt.audience,
         )
     )
     return 0
@@ -153,82 +146,62 @@ def _seller_json(seller: Any) -> dict[str, Any]:
 
 
 def cmd_sellers(args: argparse.Namespace) -> int:
-    from marketplace_pay.ledger.application.directory import OnboardSeller, change_seller_status, onboard_seller
-    from marketplace_pay.ledger.domain.accounts import AccountStatus
+    from marketplace_pay.bootstrap import open_container
+    from marketplace_pay.ledger import AccountStatus, OnboardSeller
     from marketplace_pay.shared.errors import DomainError
     from marketplace_pay.shared.money import Currency
 
-    settings = _settings()
-
-    async def run(conn: asyncpg.Connection) -> int:
-        from marketplace_pay.ledger.adapters.postgres import PgSellerStore
-
-        store = PgSellerStore(conn)
-        try:
-            if args.action == "add":
-                seller = await onboard_seller(
-                    OnboardSeller(args.seller_id, Currency(args.currency), args.commission_bps), store=store
-                )
-                print(json.dumps(_seller_json(seller)))
-            elif args.action == "list":
-                for seller in await store.list():
-                    print(json.dumps(_seller_json(seller)))
-            elif args.action == "show":
-                seller = await store.get(args.seller_id)
-                if seller is None:
-                    print(f"seller {args.seller_id} not found", file=sys.stderr)
-                    return 1
-                print(json.dumps(_seller_json(seller)))
-            elif args.action == "set-status":
-                seller = await change_seller_status(args.seller_id, AccountStatus(args.status), store=store)
-                print(json.dumps(_seller_json(seller)))
-        except DomainError as exc:
-            print(f"error: {exc.detail}", file=sys.stderr)
-            for error in exc.errors:
-                print(f"  {error.field}: {error.message}", file=sys.stderr)
-            return 1
+    async def run() -> int:
+        async with open_container(_settings()) as c:
+            try:
+                if args.action == "add":
+                    cmd = OnboardSeller(args.seller_id, Currency(args.currency), args.commission_bps)
+                    sellers = [await c.ledger.onboard_seller(cmd)]
+                elif args.action == "list":
+                    sellers = await c.ledger.sellers()
+                elif args.action == "show":
+                    sellers = [await c.ledger.seller(args.seller_id)]
+                else:
+                    sellers = [await c.ledger.change_seller_status(args.seller_id, AccountStatus(args.status))]
+            except DomainError as exc:
+                print(f"error: {exc.detail}", file=sys.stderr)
+                for error in exc.errors:
+                    print(f"  {error.field}: {error.message}", file=sys.stderr)
+                return 1
+        for seller in sellers:
+            print(json.dumps(_seller_json(seller)))
         return 0
 
-    return asyncio.run(_with_db(settings, run))
+    return asyncio.run(run())
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Compare every balance with its postings; exit 1 on any difference. --repair rebuilds the
     snapshots and the Redis overlay from the postings first."""
-    from marketplace_pay.balances.adapters.postgres import PgBalanceStore
-    from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
-    from marketplace_pay.balances.application.balances import drift_report, reconcile
-    from marketplace_pay.infra.resources import open_stores
-    from marketplace_pay.shared.clock import SystemClock
-
-    settings = _settings()
+    from marketplace_pay.bootstrap import open_container
 
     def say(text: str) -> None:
         if not args.json:
             print(text, file=sys.stderr, flush=True)
 
     async def run() -> int:
-        stores = await open_stores(settings)
-        try:
-            store = PgBalanceStore(stores.pool)
-            overlay = RedisBalanceOverlay(stores.redis, prefix=settings.redis_prefix)
+        async with open_container(_settings()) as c:
             say("reconcile: folding, then checking every account against its postings ...")
             if args.repair:
                 say("reconcile: --repair: rebuilding snapshots and the Redis overlay from the postings ...")
-            report = await reconcile(
-                store=store, overlay=overlay, clock=SystemClock(), repair=args.repair, grace_s=args.grace_s
-            )
-            trial = await store.trial_balance()
-        finally:
-            await stores.close()
-        differences = drift_report(report)
+            report = await c.balances.reconcile(repair=args.repair, grace_s=args.grace_s)
+            trial = await c.balances.trial_balance()
+        differences = report.differences()
         if args.json:
-            print(json.dumps({"ok": report.ok, "accountsChecked": report.accounts_checked, "repaired": report.repaired,
-                              "differences": differences, "trialBalance": [
-                                  {"currency": c, "debits": d, "credits": k} for c, d, k in trial]}))
+            print(json.dumps({
+                "ok": report.ok, "accountsChecked": report.accounts_checked, "repaired": report.repaired,
+                "differences": differences,
+                "trialBalance": [{"currency": t.currency, "debits": t.debits_minor, "credits": t.credits_minor} for t in trial],
+            }))
         else:
-            for c, d, k in trial:
-                print(f"trial balance {c}: debits {d} credits {k} difference {d - k}")
+            for t in trial:
+                print(f"trial balance {t.currency}: debits {t.debits_minor} credits {t.credits_minor} "
+                      f"difference {t.debits_minor - t.credits_minor}")
             for d in differences:
                 print(f"DIFFERENCE {d['check']} {d['subject']}: expected {d['expected']} actual {d['actual']} "
                       f"({d['difference']:+d} minor units)")
@@ -241,24 +214,18 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List dead letters, or put them back into the outbox to be delivered again."""
-    from marketplace_pay.infra.dead_letters import PgDeadLetters
-    from marketplace_pay.infra.resources import open_stores
+    from marketplace_pay.bootstrap import open_container
 
-    settings = _settings()
+    if args.action == "replay" and not args.id and not args.consumer:
+        print("error: say which: --id N (repeatable) or --consumer NAME", file=sys.stderr)
+        return 2
 
     async def run() -> int:
-        stores = await open_stores(settings)
-        try:
-            dead_letters = PgDeadLetters(stores.pool)
+        async with open_container(_settings()) as c:
             if args.action == "list":
-                found = await dead_letters.list(consumer=args.consumer, include_replayed=args.all, limit=args.limit)
+                found = await c.dead_letters.list(consumer=args.consumer, include_replayed=args.all, limit=args.limit)
             else:
-                if not args.id and not args.consumer:
-                    print("error: say which: --id N (repeatable) or --consumer NAME", file=sys.stderr)
-                    return 2
-                found = await dead_letters.replay(ids=args.id or (), consumer=args.consumer)
-        finally:
-            await stores.close()
+                found = await c.dead_letters.replay(ids=args.id or (), consumer=args.consumer)
         for d in found:
             if args.json:
                 print(json.dumps({
@@ -278,6 +245,25 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every setting: its environment variable, the value it has here, its default, its meaning."""
+    from marketplace_pay.settings import describe
+
+    settings = _settings()
+    for title, rows in describe(settings):
+        if args.json:
+            for r in rows:
+                print(json.dumps({"group": title, **r._asdict()}))
+            continue
+        print(f"# {title}")
+        for r in rows:
+            changed = "" if r.value == r.default else f"   (default {r.default})"
+            print(f"{r.env:<34} {r.value}{changed}")
+            print(f"{'':<34} {r.doc}")
+        print()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketplace-pay", description="Payments, ledger and balances for marketplaces")
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,6 +277,10 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+
+    shown = sub.add_parser("settings", help="every setting: environment variable, value here, default, meaning")
+    shown.add_argument("--json", action="store_true", help="one JSON object per setting")
+    shown.set_defaults(fn=cmd_settings)
 
     token = sub.add_parser("token", help="print a JWT signed with the configured secret")
     token.add_argument("--role", action="append", required=True, help="repeatable: payment:write, payment:read, SELLER, FINANCE, ADMIN")

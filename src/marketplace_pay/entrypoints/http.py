@@ -21,15 +21,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from marketplace_pay.balances.adapters.http import ROUTES as BALANCE_ROUTES
 from marketplace_pay.bootstrap import Container, bootstrap
+from marketplace_pay.bootstrap.web import ROUTES, dependencies
 from marketplace_pay.entrypoints.errors import EXCEPTION_HANDLERS, PROBLEM_BASE, PROBLEM_JSON, instance_of
 from marketplace_pay.entrypoints.jobs import running
 from marketplace_pay.infra import metrics
@@ -38,8 +40,6 @@ from marketplace_pay.infra.openapi import PROBLEM_JSON as DOC_PROBLEM_JSON
 from marketplace_pay.infra.openapi import component_schemas, documented
 from marketplace_pay.infra.resources import open_resources
 from marketplace_pay.infra.telemetry import current_ids, server_span, setup_tracing, trace_id_of
-from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
-from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
 from marketplace_pay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,8 @@ def live() -> Liveness:
     operation_id="ready",
     operation_class=_ReadyOperation,
 )
-async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
-    container: Container = request.app.state.container
+async def ready(request: Request[Any, Any, Any], container: NamedDependency[Container]) -> Response[Readiness]:
     checks: dict[str, str] = {}
-    resources = container.resources
 
     async def check(name: str, probe: Any) -> None:
         try:
@@ -162,10 +160,8 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks[name] = f"down: {type(exc).__name__}"
 
-    if resources is not None:
-        await check("database", lambda: resources.pool.fetchval("SELECT true"))
-        await check("redis", resources.redis.ping)
-    await check("bus", container.bus.ready)
+    for name, probe in container.probes().items():
+        await check(name, probe)
     if all(v == "ok" for v in checks.values()):
         return Response(Readiness("ok", checks))
     down = ", ".join(name for name, v in checks.items() if v != "ok")
@@ -199,9 +195,21 @@ def prometheus() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def attach(app: Litestar, container: Container) -> None:
-    """Make `container` the one the request handlers use."""
-    app.state.container = container
+class Running:
+    """The container the application runs, once its lifespan has started it."""
+
+    def __init__(self) -> None:
+        self.container: Container | None = None
+
+    def __call__(self) -> Container:
+        if self.container is None:
+            raise RuntimeError("the application has not started")
+        return self.container
+
+
+def attach(app: Litestar, container: NamedDependency[Container]) -> None:
+    """Make `container` the one the request handlers use (and the token guard's verifier)."""
+    app.state.running.container = container
     app.state.verifier = container.verifier
 
 
@@ -209,7 +217,7 @@ def _worker_setup() -> Settings:
     """In a worker of `serve --workers N` (a fresh process): logging, and death with the parent —
     `kill -9` of the service must take its workers with it, as it takes a single process."""
     settings = Settings.from_env()
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log.level, settings.log.format)
     if os.environ.get("MP_SUPERVISED") == "1" and sys.platform == "linux":
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -234,7 +242,7 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
         attach(app, active)
         try:
             async with running(active):
-                log.info("marketplace-pay ready", extra={"instance": active.settings.instance_name})
+                log.info("marketplace-pay ready", extra={"instance": active.settings.process.instance_name})
                 gc.collect()
                 gc.freeze()  # what start-up built lives for good: the collector need not scan it again
                 # Almost nothing here forms reference cycles (reference counting frees it); the
@@ -247,8 +255,10 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
                 await owned.close()
             log.info("marketplace-pay stopped")
 
+    running_container = Running()
     app = Litestar(
-        route_handlers=[*PAYMENT_ROUTES, *LEDGER_ROUTES, *BALANCE_ROUTES, live, ready, prometheus],
+        route_handlers=[*ROUTES, live, ready, prometheus],
+        dependencies={**dependencies(running_container), "container": Provide(running_container, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[observe],
@@ -265,6 +275,7 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
         logging_config=None,
         debug=False,
     )
+    app.state.running = running_container
     # Request bodies we decode ourselves (strictly) are described by msgspec; Litestar builds
     # its component registry from handler signatures only, so add them to the cached document.
     generated = app.openapi_schema.components

@@ -15,9 +15,8 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from marketplace_pay.bootstrap import Container, Job
+from marketplace_pay.bootstrap import Container
 from marketplace_pay.infra.dispatch import is_transient
-from marketplace_pay.infra.locks import run_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +49,11 @@ class JobRuns:
             await asyncio.wait(list(self.running), timeout=timeout_s)
 
 
-def _runner(container: Container, job: Job) -> Callable[[], Awaitable[Any]]:
-    if not job.exclusive or container.resources is None:
-        return job.run
-    pool = container.resources.pool
-
-    async def once_per_cluster() -> Any:
-        return await run_exclusive(pool, job.name, lambda _conn: job.run())
-
-    return once_per_cluster
-
-
 def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     for job in container.jobs:
         scheduler.add_job(
-            runs.guarded(job.name, _runner(container, job)), "interval", seconds=job.every_ms / 1000, id=job.name, name=job.name
+            runs.guarded(job.name, container.scheduled(job)), "interval", seconds=job.every_ms / 1000, id=job.name, name=job.name
         )
     return scheduler
 
@@ -81,6 +69,6 @@ async def running(container: Container) -> AsyncIterator[AsyncIOScheduler]:
         yield scheduler
     finally:
         scheduler.pause()  # no new runs; the ones in progress finish (bounded)
-        await runs.drain(timeout_s=container.settings.shutdown_grace_s / 2)
+        await runs.drain(timeout_s=container.settings.shutdown.grace_s / 2)
         scheduler.shutdown(wait=False)
         await container.stop()

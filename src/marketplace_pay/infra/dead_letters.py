@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 import msgspec
@@ -38,6 +39,16 @@ def _dead_letter(r: asyncpg.Record) -> DeadLetter:
         r["id"], r["consumer"], r["event_id"], r["event_type"], r["topic"], r["msg_key"], r["error"],
         r["attempts"], r["created_at"], r["replayed_at"],
     )
+
+
+class DeadLetters(Protocol):
+    async def record(self, *, consumer: str, message: Message, error: str, attempts: int) -> None: ...
+
+    async def list(self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def replay(self, *, ids: Sequence[int] = (), consumer: str | None = None) -> list[DeadLetter]: ...
+
+    async def gauge(self) -> int: ...
 
 
 class PgDeadLetters:

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
 from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.ids import InvalidPublicId, decode_public_id
 
 
 def path_id(value: str, valid: Callable[[str], bool], what: str) -> str:
@@ -20,6 +21,15 @@ def path_id(value: str, valid: Callable[[str], bool], what: str) -> str:
     if not valid(value):
         raise NotFoundError(f"No such {what}")
     return value
+
+
+def path_public_id(prefix: str, value: str, what: str) -> int:
+    """The internal id a public id (`pay_…`, `po_…`) in the URL path names; 404 when it cannot
+    name one (not echoed: it may be anything)."""
+    try:
+        return decode_public_id(prefix, value)
+    except (InvalidPublicId, UnicodeEncodeError):
+        raise NotFoundError(f"No such {what}") from None
 
 
 def query_int(request: Request[Any, Any, Any], name: str, *, default: int | None, minimum: int, maximum: int) -> int | None:

@@ -57,18 +57,18 @@ class Resources(Stores):
 
 
 async def resolve_dsn(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return await asyncio.to_thread(embedded_postgres, settings.data_dir)
+    if settings.services.database_url:
+        return settings.services.database_url
+    return await asyncio.to_thread(embedded_postgres, settings.process.data_dir)
 
 
 async def resolve_services(settings: Settings) -> tuple[str, str, EmbeddedRedis | None]:
     """DSN and Redis URL (starting the embedded ones when unset), with migrations applied."""
     dsn = await resolve_dsn(settings)
     embedded_redis = None
-    redis_url = settings.redis_url
+    redis_url = settings.services.redis_url
     if not redis_url:
-        embedded_redis = EmbeddedRedis(settings.data_dir)
+        embedded_redis = EmbeddedRedis(settings.process.data_dir)
         redis_url = await asyncio.to_thread(embedded_redis.start)
     conn = await asyncpg.connect(dsn)
     try:
@@ -88,7 +88,7 @@ def redis_client(url: str) -> aioredis.Redis:
 
 async def open_stores(settings: Settings) -> Stores:
     dsn, redis_url, embedded_redis = await resolve_services(settings)
-    pool = await create_pool(dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.instance_name}:cli")
+    pool = await create_pool(dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.process.instance_name}:cli")
     return Stores(dsn, redis_url, pool, redis_client(redis_url), embedded_redis)
 
 
@@ -112,13 +112,13 @@ async def claim_redis(pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -
 
 async def open_resources(settings: Settings) -> Resources:
     dsn, redis_url, embedded_redis = await resolve_services(settings)
-    name = f"marketplace-pay:{settings.instance_name}"
-    pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, application_name=name)
+    name = f"marketplace-pay:{settings.process.instance_name}"
+    pool = await create_pool(dsn, min_size=settings.db.pool_min, max_size=settings.db.pool_max, application_name=name)
     locks = SessionLocks(dsn, application_name=name)
     await locks.start()
-    ids = LeasedIdGenerator(locks, holder=settings.instance_name)
+    ids = LeasedIdGenerator(locks, holder=settings.process.instance_name)
     await ids.acquire()
     ids.start()
     client = redis_client(redis_url)
-    await claim_redis(pool, client, settings.redis_prefix)
+    await claim_redis(pool, client, settings.redis.prefix)
     return Resources(dsn, redis_url, pool, client, embedded_redis, locks=locks, ids=ids)

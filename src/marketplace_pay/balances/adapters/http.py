@@ -6,11 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, get
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import PathParameter
 
-from marketplace_pay.balances.application.balances import Balance
+from marketplace_pay.balances.application.service import Balances
+from marketplace_pay.balances.domain.balance import Balance
 from marketplace_pay.infra.auth import FINANCE, SELLER, principal, requires
 from marketplace_pay.infra.openapi import documented, problems, seller_id_schema, string_schema
 from marketplace_pay.infra.params import path_id
@@ -39,15 +41,8 @@ class AccountBalanceView(msgspec.Struct, frozen=True, rename="camel"):
     as_of: datetime
 
 
-async def _seller_balance(request: Request[Any, Any, Any], seller_id: str) -> SellerBalanceView:
-    container = request.app.state.container
-    seller = await container.sellers.get(seller_id)
-    if seller is None:
-        raise NotFoundError(f"Seller {seller_id} not found")
-    balance: Balance | None = await container.read_balance(seller.account_code)
-    if balance is None:
-        raise NotFoundError(f"Account {seller.account_code} not found")
-    return SellerBalanceView(seller_id, seller.account_code, AmountView(balance.balance_minor, balance.currency), balance.as_of)
+def _seller_view(seller_id: str, balance: Balance) -> SellerBalanceView:
+    return SellerBalanceView(seller_id, balance.account_code, AmountView(balance.balance_minor, balance.currency), balance.as_of)
 
 
 @get(
@@ -60,11 +55,11 @@ async def _seller_balance(request: Request[Any, Any, Any], seller_id: str) -> Se
     summary="The calling seller's MERCHANT_PAYABLE balance (claim seller_id)",
     tags=["balances"],
 )
-async def my_balance(request: Request[Any, Any, Any]) -> SellerBalanceView:
+async def my_balance(request: Request[Any, Any, Any], balances: NamedDependency[Balances]) -> SellerBalanceView:
     seller_id = principal(request).seller_id
     if not seller_id:
         raise PermissionDeniedException("The token has no seller_id claim that names a seller")
-    return await _seller_balance(request, seller_id)
+    return _seller_view(seller_id, await balances.of_seller(seller_id))
 
 
 @get(
@@ -77,8 +72,9 @@ async def my_balance(request: Request[Any, Any, Any]) -> SellerBalanceView:
     summary="A seller's MERCHANT_PAYABLE balance (real time: snapshot + recent postings)",
     tags=["balances"],
 )
-async def seller_balance(request: Request[Any, Any, Any], seller_id: Annotated[str, PathParameter()]) -> SellerBalanceView:
-    return await _seller_balance(request, path_id(seller_id, is_seller_id, "seller"))
+async def seller_balance(seller_id: Annotated[str, PathParameter()], balances: NamedDependency[Balances]) -> SellerBalanceView:
+    seller_id = path_id(seller_id, is_seller_id, "seller")
+    return _seller_view(seller_id, await balances.of_seller(seller_id))
 
 
 @get(
@@ -91,9 +87,9 @@ async def seller_balance(request: Request[Any, Any, Any], seller_id: Annotated[s
     summary="Any account's balance",
     tags=["balances"],
 )
-async def account_balance(request: Request[Any, Any, Any], account_code: Annotated[str, PathParameter()]) -> AccountBalanceView:
+async def account_balance(account_code: Annotated[str, PathParameter()], balances: NamedDependency[Balances]) -> AccountBalanceView:
     account_code = path_id(account_code, is_account_code, "account")
-    balance: Balance | None = await request.app.state.container.read_balance(account_code)
+    balance = await balances.of_account(account_code)
     if balance is None:
         raise NotFoundError(f"Account {account_code} not found")
     return AccountBalanceView(account_code, AmountView(balance.balance_minor, balance.currency), balance.as_of)

@@ -6,7 +6,8 @@ import logging
 
 import asyncpg
 
-from marketplace_pay.balances.application.balances import Drift, Entry, Folded, Snapshot, Unfolded
+from marketplace_pay.balances.application.ports import Folded, Snapshot, TrialBalance, Unfolded
+from marketplace_pay.balances.domain.balance import Check, Drift, Entry
 from marketplace_pay.infra.locks import NS_JOB, job_lock_key, pooled_session_lock
 from marketplace_pay.shared.faults import faults
 
@@ -82,26 +83,17 @@ class PgBalanceStore:
                       coalesce(e.total, 0) AS expected, coalesce(b.balance_minor, 0) AS actual
                FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code"""
         )
-        drift = [Drift("snapshot", r["account_code"], r["expected"], r["actual"]) for r in rows if r["expected"] != r["actual"]]
+        drift = [Drift(Check.SNAPSHOT, r["account_code"], r["expected"], r["actual"]) for r in rows if r["expected"] != r["actual"]]
         return len(rows), drift
 
-    async def trial_balance_drift(self) -> list[Drift]:
-        rows = await self._pool.fetch(
-            """SELECT currency,
-                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'DEBIT'), 0)::bigint AS debits,
-                      coalesce(sum(amount_minor) FILTER (WHERE direction = 'CREDIT'), 0)::bigint AS credits
-               FROM postings GROUP BY currency"""
-        )
-        return [Drift("trial-balance", r["currency"], r["debits"], r["credits"]) for r in rows if r["debits"] != r["credits"]]
-
-    async def trial_balance(self) -> list[tuple[str, int, int]]:
+    async def trial_balance(self) -> list[TrialBalance]:
         rows = await self._pool.fetch(
             """SELECT currency,
                       coalesce(sum(amount_minor) FILTER (WHERE direction = 'DEBIT'), 0)::bigint AS debits,
                       coalesce(sum(amount_minor) FILTER (WHERE direction = 'CREDIT'), 0)::bigint AS credits
                FROM postings GROUP BY currency ORDER BY currency"""
         )
-        return [(r["currency"], r["debits"], r["credits"]) for r in rows]
+        return [TrialBalance(r["currency"], r["debits"], r["credits"]) for r in rows]
 
     async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
         # Payments finished (every order terminal) more than `finished_before_s` ago — the last
@@ -121,7 +113,7 @@ class PgBalanceStore:
                HAVING sum(p.signed_amount_minor) <> 0""",
             finished_before_s,
         )
-        return [Drift("auth-open", f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
+        return [Drift(Check.AUTH_OPEN, f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
 
     async def rebuild_snapshots(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

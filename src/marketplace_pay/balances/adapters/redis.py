@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from marketplace_pay.balances.application.balances import Entry, OverlayUnavailable
+from marketplace_pay.balances.application.ports import OverlayUnavailable
+from marketplace_pay.balances.domain.balance import Entry
 
 # KEYS = [horizon, account key, account key, ...]; ARGV = [tx, member, tx, member, ...]
 _APPLY = """

@@ -248,12 +248,12 @@ class Bench:
         a = self.args
         settings, dsn = await self._database()
         assert self.conn is not None
-        secret = resolve_jwt_secret(settings.jwt_secret, settings.data_dir)
+        secret = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
         ttl_s = int(a.warmup + a.duration + a.drain_timeout + 3600)
         token = issue_token(secret, roles=["payment:write"], subject="marketplace-pay-bench", ttl_s=ttl_s,
-                            issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+                            issuer=settings.jwt.issuer, audience=settings.jwt.audience)
         admin = issue_token(secret, roles=["ADMIN"], subject="marketplace-pay-bench", ttl_s=600,
-                            issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+                            issuer=settings.jwt.issuer, audience=settings.jwt.audience)
         url = await self._service()
         await self._check_tables(dsn)
         sellers = await self._sellers(url, admin)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, get, patch, post
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import PathParameter
@@ -21,14 +22,17 @@ from marketplace_pay.infra.openapi import (
     seller_id_schema,
     string_schema,
 )
-from marketplace_pay.infra.params import allow_options, path_id, query_int, query_int_schema, require_json
-from marketplace_pay.ledger.adapters.postgres import JournalView, PostingLine
-from marketplace_pay.ledger.application.directory import (
-    OnboardSeller,
-    Seller,
-    change_seller_status,
-    onboard_seller,
+from marketplace_pay.infra.params import (
+    allow_options,
+    path_id,
+    path_public_id,
+    query_int,
+    query_int_schema,
+    require_json,
 )
+from marketplace_pay.ledger.application.directory import OnboardSeller, Seller
+from marketplace_pay.ledger.application.service import Ledger
+from marketplace_pay.ledger.application.views import JournalView, PostingLine
 from marketplace_pay.ledger.domain.accounts import (
     ACCOUNT_CODE_LENGTH_MAX,
     ACCOUNT_CODE_PATTERN,
@@ -39,7 +43,7 @@ from marketplace_pay.ledger.domain.accounts import (
 )
 from marketplace_pay.shared.client_ids import SellerId, check_seller_id, is_seller_id
 from marketplace_pay.shared.errors import NotFoundError
-from marketplace_pay.shared.ids import PAYMENT_PREFIX, InvalidPublicId, decode_public_id
+from marketplace_pay.shared.ids import PAYMENT_PREFIX
 from marketplace_pay.shared.money import Currency
 
 BODY_SIZE_MAX = 1_000_000
@@ -116,14 +120,10 @@ def _seller_links(source: str) -> dict[str, dict[str, Any]]:
     summary="Onboard a seller (creates its MERCHANT_PAYABLE account)",
     tags=["sellers"],
 )
-async def create_seller(request: Request[Any, Any, Any]) -> Response[SellerView]:
+async def create_seller(request: Request[Any, Any, Any], ledger: NamedDependency[Ledger]) -> Response[SellerView]:
     require_json(request)
     body = decode_body(await request.body(), CreateSellerRequest)
-    seller = await onboard_seller(
-        OnboardSeller(body.seller_id, body.currency, body.commission_bps),
-        store=request.app.state.container.sellers,
-        cache=request.app.state.container.seller_cache,
-    )
+    seller = await ledger.onboard_seller(OnboardSeller(body.seller_id, body.currency, body.commission_bps))
     return Response(
         SellerView.of(seller),
         status_code=201,
@@ -142,11 +142,8 @@ async def create_seller(request: Request[Any, Any, Any]) -> Response[SellerView]
     summary="Get a seller",
     tags=["sellers"],
 )
-async def get_seller(request: Request[Any, Any, Any], seller_id: Annotated[str, PathParameter()]) -> SellerView:
-    seller = await request.app.state.container.sellers.get(path_id(seller_id, is_seller_id, "seller"))
-    if seller is None:
-        raise NotFoundError(f"Seller {seller_id} not found")
-    return SellerView.of(seller)
+async def get_seller(seller_id: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]) -> SellerView:
+    return SellerView.of(await ledger.seller(path_id(seller_id, is_seller_id, "seller")))
 
 
 @patch(
@@ -163,13 +160,13 @@ async def get_seller(request: Request[Any, Any, Any], seller_id: Annotated[str, 
     summary="Change a seller's status (ACTIVE, SUSPENDED, CLOSED)",
     tags=["sellers"],
 )
-async def update_seller(request: Request[Any, Any, Any], seller_id: Annotated[str, PathParameter()]) -> SellerView:
+async def update_seller(
+    request: Request[Any, Any, Any], seller_id: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]
+) -> SellerView:
     seller_id = path_id(seller_id, is_seller_id, "seller")
     require_json(request)
     body = decode_body(await request.body(), UpdateSellerRequest)
-    container = request.app.state.container
-    seller = await change_seller_status(seller_id, body.status, store=container.sellers, cache=container.seller_cache)
-    return SellerView.of(seller)
+    return SellerView.of(await ledger.change_seller_status(seller_id, body.status))
 
 
 class Statement(msgspec.Struct, frozen=True, rename="camel"):
@@ -204,7 +201,9 @@ CURSOR_MAX = 2**63 - 1  # posting ids are bigints
     summary="An account's postings, newest first (keyset paging: ?limit=&after=<nextCursor>)",
     tags=["ledger"],
 )
-async def account_postings(request: Request[Any, Any, Any], account_code: Annotated[str, PathParameter()]) -> Statement:
+async def account_postings(
+    request: Request[Any, Any, Any], account_code: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]
+) -> Statement:
     who = principal(request)
     if not who.has_any([FINANCE]):  # a seller reads only its own payable account, and learns nothing of others
         account = parse_account_code(account_code) if is_account_code(account_code) else None
@@ -213,10 +212,7 @@ async def account_postings(request: Request[Any, Any, Any], account_code: Annota
     account_code = path_id(account_code, is_account_code, "account")
     limit = query_int(request, "limit", default=50, minimum=1, maximum=LIMIT_MAX)
     after = query_int(request, "after", default=None, minimum=0, maximum=CURSOR_MAX)
-    container = request.app.state.container
-    if not await container.account_exists(account_code):
-        raise NotFoundError(f"Account {account_code} not found")
-    lines, has_more = await container.statement(account_code, limit=limit, before_posting_id=after)
+    lines, has_more = await ledger.statement(account_code, limit=limit, after=after)
     return Statement(data=lines, has_more=has_more, next_cursor=lines[-1].posting_id if has_more else None)
 
 
@@ -234,15 +230,9 @@ class Journals(msgspec.Struct, frozen=True):
     summary="Every journal entry of a payment, with its postings",
     tags=["ledger"],
 )
-async def payment_journal_entries(request: Request[Any, Any, Any], payment_id: Annotated[str, PathParameter()]) -> Journals:
-    try:
-        internal = decode_public_id(PAYMENT_PREFIX, payment_id)
-    except InvalidPublicId:
-        raise NotFoundError("No such payment") from None
-    container = request.app.state.container
-    if await container.payment_view(internal) is None:
-        raise NotFoundError(f"Payment {payment_id} not found")
-    return Journals(data=await container.payment_journals(internal))
+async def payment_journal_entries(payment_id: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]) -> Journals:
+    internal = path_public_id(PAYMENT_PREFIX, payment_id, "payment")
+    return Journals(data=await ledger.payment_journals(internal, payment_id))
 
 
 ROUTES = [

@@ -11,6 +11,7 @@ import msgspec
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code
 from marketplace_pay.ledger.application.recording import JournalRef, StoredJournal
+from marketplace_pay.ledger.application.views import JournalView, PostingLine
 from marketplace_pay.ledger.domain.accounts import AccountStatus, parse_account_code
 from marketplace_pay.ledger.domain.journal import Direction, JournalEntry, JournalType, Posting
 from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
@@ -181,39 +182,51 @@ class PgLedgerUnitOfWork(PgUnitOfWork):
 # -- reads ----------------------------------------------------------------------------------
 
 
-class PostingLine(msgspec.Struct, frozen=True, rename="camel"):
-    posting_id: str
-    journal_entry_id: str
-    journal_type: str
-    account_code: str
-    direction: str
-    amount: AmountView
-    signed_amount: AmountView
-    created_at: datetime
-    payment_id: str | None
-    payment_order_id: str | None
+class PgLedgerReads:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
 
+    async def account_exists(self, account_code: str) -> bool:
+        return bool(await self._pool.fetchval("SELECT true FROM accounts WHERE account_code = $1", account_code))
 
-async def account_exists(pool: asyncpg.Pool, account_code: str) -> bool:
-    return bool(await pool.fetchval("SELECT true FROM accounts WHERE account_code = $1", account_code))
+    async def postings(self, account_code: str, *, limit: int, before_posting_id: int | None) -> tuple[list[PostingLine], bool]:
+        rows = await self._pool.fetch(
+            """SELECT p.posting_id, p.journal_id, j.journal_type, p.account_code, p.direction, p.amount_minor,
+                      p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
+               FROM postings p JOIN journal_entries j USING (journal_id)
+               WHERE p.account_code = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)
+               ORDER BY p.posting_id DESC
+               LIMIT $3""",
+            account_code,
+            before_posting_id,
+            limit + 1,
+        )
+        return [_posting_line(r) for r in rows[:limit]], len(rows) > limit
 
-
-async def fetch_postings(
-    pool: asyncpg.Pool, account_code: str, *, limit: int, before_posting_id: int | None
-) -> tuple[list[PostingLine], bool]:
-    """An account's postings, newest first, keyset-paged by posting id. (lines, has_more)."""
-    rows = await pool.fetch(
-        """SELECT p.posting_id, p.journal_id, j.journal_type, p.account_code, p.direction, p.amount_minor,
-                  p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
-           FROM postings p JOIN journal_entries j USING (journal_id)
-           WHERE p.account_code = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)
-           ORDER BY p.posting_id DESC
-           LIMIT $3""",
-        account_code,
-        before_posting_id,
-        limit + 1,
-    )
-    return [_posting_line(r) for r in rows[:limit]], len(rows) > limit
+    async def payment_journals(self, payment_id: int) -> list[JournalView]:
+        rows = await self._pool.fetch(
+            """SELECT p.posting_id, p.journal_id, j.journal_type, j.name, j.seq, p.account_code, p.direction,
+                      p.amount_minor, p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
+               FROM journal_entries j JOIN postings p USING (journal_id)
+               WHERE j.payment_id = $1
+               ORDER BY j.seq, p.posting_id""",
+            payment_id,
+        )
+        views: dict[str, JournalView] = {}
+        for r in rows:
+            view = views.get(r["journal_id"])
+            if view is None:
+                view = views[r["journal_id"]] = JournalView(
+                    journal_entry_id=r["journal_id"],
+                    journal_type=r["journal_type"],
+                    name=r["name"],
+                    ledger_seq=r["seq"],
+                    created_at=r["created_at"],
+                    payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] else None,
+                    postings=[],
+                )
+            view.postings.append(_posting_line(r))
+        return list(views.values())
 
 
 def _posting_line(r: asyncpg.Record) -> PostingLine:
@@ -229,39 +242,3 @@ def _posting_line(r: asyncpg.Record) -> PostingLine:
         payment_id=public_payment_id(r["payment_id"]) if r["payment_id"] is not None else None,
         payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] is not None else None,
     )
-
-
-class JournalView(msgspec.Struct, frozen=True, rename="camel"):
-    journal_entry_id: str
-    journal_type: str
-    name: str
-    ledger_entry_id: int
-    created_at: datetime
-    payment_order_id: str | None
-    postings: list[PostingLine]
-
-
-async def fetch_payment_journals(pool: asyncpg.Pool, payment_id: int) -> list[JournalView]:
-    rows = await pool.fetch(
-        """SELECT p.posting_id, p.journal_id, j.journal_type, j.name, j.seq, p.account_code, p.direction, p.amount_minor,
-                  p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id
-           FROM journal_entries j JOIN postings p USING (journal_id)
-           WHERE j.payment_id = $1
-           ORDER BY j.seq, p.posting_id""",
-        payment_id,
-    )
-    views: dict[str, JournalView] = {}
-    for r in rows:
-        view = views.get(r["journal_id"])
-        if view is None:
-            view = views[r["journal_id"]] = JournalView(
-                journal_entry_id=r["journal_id"],
-                journal_type=r["journal_type"],
-                name=r["name"],
-                ledger_entry_id=r["seq"],
-                created_at=r["created_at"],
-                payment_order_id=public_payment_order_id(r["payment_order_id"]) if r["payment_order_id"] else None,
-                postings=[],
-            )
-        view.postings.append(_posting_line(r))
-    return list(views.values())

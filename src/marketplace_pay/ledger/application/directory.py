@@ -97,7 +97,7 @@ class CachedSellers:
     an unknown seller costs one query per `ttl_ms`."""
 
     def __init__(self, store: SellerStore, *, clock: Clock, ttl_ms: int = 1000) -> None:
-        self._store = store
+        self.store = store
         self._ttl_ms = ttl_ms
         self._clock = clock
         self._entries: dict[str, tuple[int, Seller | None]] = {}
@@ -106,7 +106,7 @@ class CachedSellers:
         now = self._clock.now_ms()
         stale = [s for s in dict.fromkeys(seller_ids) if (e := self._entries.get(s)) is None or now - e[0] > self._ttl_ms]
         if stale:
-            found = {s.seller_id: s for s in await self._store.many(stale)}
+            found = {s.seller_id: s for s in await self.store.many(stale)}
             if len(self._entries) > 100_000:
                 self._entries.clear()
             for seller_id in stale:

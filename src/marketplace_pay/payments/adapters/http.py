@@ -7,6 +7,7 @@ import re
 from typing import Annotated, Any
 
 import msgspec
+from litestar.di import NamedDependency
 from litestar import Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter
@@ -14,15 +15,16 @@ from litestar.params import PathParameter
 from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, principal, requires
 from marketplace_pay.infra.codec import decode_body
 from marketplace_pay.infra.openapi import LOCATION, documented, problems, public_id_schema, string_schema
-from marketplace_pay.infra.params import require_json
+from marketplace_pay.infra.params import path_public_id, require_json
 from marketplace_pay.infra.telemetry import current_ids
 from marketplace_pay.payments.application.create_payment import CreatePayment, LineRequest, Replayed
 from marketplace_pay.payments.application.ports import Keyed
+from marketplace_pay.payments.application.service import Payments
 from marketplace_pay.payments.application.views import PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
 from marketplace_pay.shared.client_ids import ClientId, check_client_id
 from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
-from marketplace_pay.shared.ids import InvalidPublicId, PAYMENT_PREFIX, decode_public_id
+from marketplace_pay.shared.ids import PAYMENT_PREFIX
 from marketplace_pay.shared.money import Currency, Money
 
 MAX_QUANTITY = 2**53 - 1  # exact in every JSON client; 100 of them still fit a bigint
@@ -135,8 +137,7 @@ _REPLAYED = {"Idempotent-Replayed": {"description": "true when this is a replay"
     summary="Create a payment and authorize it at the PSP",
     tags=["payments"],
 )
-async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[PaymentView]:
-    container = request.app.state.container
+async def create_payment_endpoint(request: Request[Any, Any, Any], payments: NamedDependency[Payments]) -> Response[PaymentView]:
     require_json(request)
     key = _idempotency_key(request)
     body = decode_body(await request.body(), CreatePaymentRequest)
@@ -155,7 +156,7 @@ async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[P
         trace_id=trace_id,
         traceparent=traceparent,
     )
-    result = await container.create_payment(cmd, render=render)
+    result = await payments.create(cmd, render=render)
     if isinstance(result, Replayed):
         payment_id = msgspec.json.decode(result.body)["paymentId"]
         return Response(
@@ -171,14 +172,6 @@ async def create_payment_endpoint(request: Request[Any, Any, Any]) -> Response[P
     return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
 
 
-def parse_payment_id(public_id: str) -> int:
-    """The payment a path names; 404 when it cannot name one (not echoed: it may be anything)."""
-    try:
-        return decode_public_id(PAYMENT_PREFIX, public_id)
-    except (InvalidPublicId, UnicodeEncodeError):
-        raise NotFoundError("No such payment") from None
-
-
 @get(
     "/api/v1/payments/{payment_id:str}",
     guards=[requires(PAYMENT_READ, PAYMENT_WRITE, FINANCE)],
@@ -190,9 +183,8 @@ def parse_payment_id(public_id: str) -> int:
     summary="Get a payment with its payment orders",
     tags=["payments"],
 )
-async def get_payment_endpoint(request: Request[Any, Any, Any], payment_id: Annotated[str, PathParameter()]) -> PaymentView:
-    internal = parse_payment_id(payment_id)
-    view = await request.app.state.container.payment_view(internal)
+async def get_payment_endpoint(payment_id: Annotated[str, PathParameter()], payments: NamedDependency[Payments]) -> PaymentView:
+    view = await payments.view(path_public_id(PAYMENT_PREFIX, payment_id, "payment"))
     if view is None:
         raise NotFoundError(f"Payment {payment_id} not found")
     return view

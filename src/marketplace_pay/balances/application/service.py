@@ -1,0 +1,61 @@
+"""What the rest of the system may ask of the balances context."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from marketplace_pay.balances.application.consumer import APPLY_LEDGER_ENTRIES, apply_ledger_entries
+from marketplace_pay.balances.application.fold import fold_balances, sweep_overlay
+from marketplace_pay.balances.application.ports import BalanceStore, Folded, Overlay, TrialBalance
+from marketplace_pay.balances.application.reads import read_balance
+from marketplace_pay.balances.application.reconcile import ReconcileReport, reconcile
+from marketplace_pay.balances.domain.balance import Balance
+from marketplace_pay.ledger import LedgerEntriesRecorded
+from marketplace_pay.shared.bus import Subscription
+from marketplace_pay.shared.clock import Clock
+from marketplace_pay.shared.errors import NotFoundError
+
+
+class SellerAccounts(Protocol):
+    """Which account holds a seller's money (the ledger's account directory knows)."""
+
+    async def account_of(self, seller_id: str) -> str | None:
+        """The seller's MERCHANT_PAYABLE account code; None for an unknown seller."""
+        ...
+
+
+class Balances:
+    def __init__(self, *, store: BalanceStore, overlay: Overlay, sellers: SellerAccounts, clock: Clock) -> None:
+        self._store = store
+        self._overlay = overlay
+        self._sellers = sellers
+        self._clock = clock
+
+    async def of_account(self, account_code: str) -> Balance | None:
+        return await read_balance(account_code, store=self._store, overlay=self._overlay, clock=self._clock)
+
+    async def of_seller(self, seller_id: str) -> Balance:
+        """The seller's MERCHANT_PAYABLE balance. NotFoundError for an unknown seller."""
+        account_code = await self._sellers.account_of(seller_id)
+        balance = await self.of_account(account_code) if account_code is not None else None
+        if balance is None:
+            raise NotFoundError(f"Seller {seller_id} not found")
+        return balance
+
+    async def fold(self) -> Folded | None:
+        return await fold_balances(store=self._store, overlay=self._overlay)
+
+    async def sweep_overlay(self) -> None:
+        await sweep_overlay(store=self._store, overlay=self._overlay)
+
+    async def reconcile(self, *, repair: bool = False, grace_s: float = 30.0) -> ReconcileReport:
+        return await reconcile(store=self._store, overlay=self._overlay, clock=self._clock, repair=repair, grace_s=grace_s)
+
+    async def trial_balance(self) -> list[TrialBalance]:
+        return await self._store.trial_balance()
+
+    def subscriptions(self, *, batch_max: int) -> list[Subscription]:
+        async def apply(batch: list) -> None:  # type: ignore[type-arg]
+            await apply_ledger_entries(batch, overlay=self._overlay)
+
+        return [Subscription(APPLY_LEDGER_ENTRIES, LedgerEntriesRecorded, apply, batch_max, ordered=False, concurrency=2)]

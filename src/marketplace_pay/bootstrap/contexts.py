@@ -1,0 +1,65 @@
+"""One wiring function per context: its facade on the given ports and settings. The contexts
+meet only here, each through the other's facade or a port the other's facade answers."""
+
+from __future__ import annotations
+
+import random
+
+from marketplace_pay.balances import Balances
+from marketplace_pay.bootstrap.ports import Ports
+from marketplace_pay.ledger import CachedSellers, Ledger
+from marketplace_pay.payments import CapturePolicy, Payments, PaymentsPolicy, PaymentsPorts
+from marketplace_pay.payments.adapters.sellers import LedgerSellerDirectory
+from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
+from marketplace_pay.settings import Settings
+from marketplace_pay.shared.clock import Clock
+
+
+def wire_payments(
+    settings: Settings,
+    ports: Ports,
+    *,
+    directory: CachedSellers,
+    authorizer: AuthorizationGateway,
+    capturer: CaptureGateway,
+    clock: Clock,
+    rng: random.Random | None = None,
+) -> Payments:
+    s = settings
+    return Payments(
+        PaymentsPorts(
+            store=ports.payments,
+            capture=ports.capture,
+            retry_uow=ports.retry_uow,
+            retries=ports.retries,
+            views=ports.payment_views,
+            sellers=LedgerSellerDirectory(directory),
+            authorizer=authorizer,
+            capturer=capturer,
+            ids=ports.ids,
+        ),
+        policy=PaymentsPolicy(
+            auth_timeout_ms=s.psp.auth_timeout_ms,
+            in_progress_ms=s.idempotency.in_progress_ms,
+            pending_auth_check_after_ms=s.pending_auth.check_after_ms,
+            retry_requeue_after_ms=s.retry.requeue_after_ms,
+            retry_inflight_timeout_ms=s.retry.inflight_timeout_ms,
+            stuck_after_s=s.sweep.stuck_after_s,
+            psp_max_inflight=s.psp.max_inflight,
+        ),
+        capture_policy=CapturePolicy(
+            timeout_ms=s.psp.capture_timeout_ms, max_retries=s.retry.max, base_ms=s.retry.base_ms, cap_ms=s.retry.cap_ms
+        ),
+        clock=clock,
+        rng=rng,
+    )
+
+
+def wire_ledger(ports: Ports, *, directory: CachedSellers, payments: Payments, clock: Clock) -> Ledger:
+    return Ledger(
+        directory=directory, reads=ports.ledger_reads, uow=ports.ledger_uow, payments=payments, clock=clock
+    )
+
+
+def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:
+    return Balances(store=ports.balance_store, overlay=ports.overlay, sellers=ledger, clock=clock)

@@ -1,0 +1,70 @@
+"""The delivery machinery: the bus (in memory or Kafka), the outbox relay and their upkeep."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from marketplace_pay.bootstrap.jobs import Job
+from marketplace_pay.infra.db import vacuum_if_autovacuum_off
+from marketplace_pay.infra.dead_letters import DeadLetters
+from marketplace_pay.infra.dispatch import Dispatcher
+from marketplace_pay.infra.kafka_bus import KafkaEventBus
+from marketplace_pay.infra.memory_bus import InMemoryEventBus
+from marketplace_pay.infra.partitions import maintain_queue_tables
+from marketplace_pay.infra.relay import OutboxRelay, live_instances
+from marketplace_pay.infra.resources import Resources
+from marketplace_pay.settings import Settings
+from marketplace_pay.shared.bus import EventBus
+
+
+def make_bus(s: Settings, dead_letters: DeadLetters) -> EventBus:
+    dispatcher = Dispatcher(dead_letters=dead_letters, max_attempts=s.handler.max_attempts)
+    if s.services.kafka_bootstrap_servers:
+        return KafkaEventBus(
+            dispatcher,
+            bootstrap_servers=s.services.kafka_bootstrap_servers,
+            client_id=s.process.instance_name,
+            topics=(),
+            topic_partitions=s.kafka.topic_partitions,
+            replication_factor=s.kafka.replication_factor,
+            session_timeout_ms=s.kafka.session_timeout_ms,
+        )
+    return InMemoryEventBus(dispatcher, partitions=s.bus.partitions)
+
+
+def make_relay(s: Settings, resources: Resources, bus: EventBus) -> OutboxRelay:
+    return OutboxRelay(
+        resources.pool,
+        bus,
+        locks=resources.locks,
+        live_instances=partial(live_instances, resources.pool),
+        batch_size=s.outbox.batch_size,
+        poll_ms=s.outbox.poll_ms,
+        inflight_max=s.outbox.inflight_max,
+    )
+
+
+def delivery_jobs(s: Settings, resources: Resources, relay: OutboxRelay, dead_letters: DeadLetters) -> list[Job]:
+    """Upkeep of the delivery machinery: the relay, the queue tables, dead letters, vacuum."""
+    pool = resources.pool
+
+    async def supervise_relay() -> None:
+        relay.ensure_running()
+
+    async def maintain_partitions() -> None:
+        async with pool.acquire() as conn:
+            await maintain_queue_tables(conn, outbox_retention_s=s.outbox.retention_s, responses_ttl_hours=s.idempotency.ttl_hours)
+
+    async def vacuum() -> None:
+        async with pool.acquire() as conn:
+            await vacuum_if_autovacuum_off(conn)
+
+    jobs = [
+        Job("outbox-relay", 2000, supervise_relay),
+        Job("outbox-backlog", 5000, relay.backlog),
+        Job("queue-partitions", 60_000, maintain_partitions, exclusive=True),
+        Job("dead-letters-gauge", 10_000, dead_letters.gauge),
+    ]
+    if s.db.vacuum_s > 0:
+        jobs.append(Job("db-vacuum", s.db.vacuum_s * 1000, vacuum, exclusive=True))
+    return jobs
