@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from marketplace_pay.balances.application.ports import Folded, OverlayUnavailable, Snapshot, TrialBalance, Unfolded
 from marketplace_pay.balances.domain.balance import Check, Drift, Entry
+from marketplace_pay.ledger.domain.accounts import GLOBAL, AccountType, InvalidAccountCode, parse_account_code
 from tests.fakes.db import FakeDatabase
-from tests.fakes.ledger import postings
+from tests.fakes.ledger import FakeSellerStore, postings
 
 
 class FakeOverlay:
@@ -53,12 +55,28 @@ class FakeOverlay:
 
 class FakeBalanceStore:
     """Folds the fake ledger's journals. No transaction is ever left running here, so the horizon
-    is always past the last commit."""
+    is always past the last commit.
 
-    def __init__(self, db: FakeDatabase) -> None:
+    The accounts that exist, as in the schema: every platform (GLOBAL) account in every currency,
+    the sellers of `sellers` (by default a store of just the seeded ones), and any account posted to."""
+
+    def __init__(self, db: FakeDatabase, *, sellers: FakeSellerStore | None = None) -> None:
         self._db = db
+        self._sellers = sellers or FakeSellerStore()
         self.folded_tx = 2
         self.balances: dict[str, int] = {}
+        self.updated: dict[str, datetime] = {}  # when each snapshot was last written
+
+    def _exists(self, account_code: str) -> bool:
+        try:
+            account = parse_account_code(account_code)
+        except InvalidAccountCode:
+            return False
+        if account.type is not AccountType.MERCHANT_PAYABLE:
+            return account.entity_id == GLOBAL
+        seller = self._sellers.sellers.get(account.entity_id)
+        known = seller is not None and seller.account_code == account_code
+        return known or any(e.account_code == account_code for e, _ in self._entries())
 
     def _entries(self) -> list[tuple[Entry, object]]:
         return [
@@ -83,15 +101,20 @@ class FakeBalanceStore:
             if self.folded_tx <= e.tx < horizon:
                 self.balances[e.account_code] = self.balances.get(e.account_code, 0) + e.signed_amount_minor
                 touched.add(e.account_code)
+        for code in touched:
+            self.updated[code] = self._db.clock.now()
         self.folded_tx = max(self.folded_tx, horizon)
         return Folded(self.folded_tx, sorted(touched))
 
-    async def snapshot(self, account_code: str, *, with_unfolded: bool = False) -> Snapshot:
+    async def snapshot(self, account_code: str, *, with_unfolded: bool = False) -> Snapshot | None:
+        if not self._exists(account_code):
+            return None
         currency = account_code.rsplit(".", 1)[-1]
         unfolded = sum(
             e.signed_amount_minor for e, _ in self._entries() if e.account_code == account_code and e.tx >= self.folded_tx
         ) if with_unfolded else 0
-        return Snapshot(account_code, currency, self.balances.get(account_code, 0), self.folded_tx, None, unfolded)
+        balance = self.balances.get(account_code, 0)
+        return Snapshot(account_code, currency, balance, self.folded_tx, self.updated.get(account_code), unfolded)
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         expected = self._expected()
@@ -114,9 +137,11 @@ class FakeBalanceStore:
 
     async def rebuild_snapshots(self) -> int:
         expected = self._expected()
-        changed = sum(1 for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0))
-        self.balances = expected
-        return changed
+        changed = [c for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0)]
+        for code in changed:  # a snapshot repaired to zero stays, as a row does in Postgres
+            self.balances[code] = expected.get(code, 0)
+            self.updated[code] = self._db.clock.now()
+        return len(changed)
 
     async def postings_above_horizon(self) -> Unfolded:
         return Unfolded(

@@ -55,7 +55,7 @@ class FakeSellerStore:
 
     async def many(self, seller_ids: Sequence[str]) -> list[Seller]:
         self.reads += 1
-        return [self.sellers[s] for s in seller_ids if s in self.sellers]
+        return [self.sellers[s] for s in dict.fromkeys(seller_ids) if s in self.sellers]  # each once, as Postgres
 
     async def list(self) -> list[Seller]:
         return [self.sellers[k] for k in sorted(self.sellers)]

@@ -89,20 +89,23 @@ class PgJournalRepository:
         self._conn = conn
 
     async def add_all(self, items: Sequence[tuple[JournalEntry, JournalRef]]) -> dict[str, StoredJournal]:
-        unique = list({j.journal_id: (j, ref) for j, ref in items}.values())
+        unique: dict[str, tuple[JournalEntry, JournalRef]] = {}
+        for j, ref in items:  # a journal id is written once: the first one given wins, as across calls
+            unique.setdefault(j.journal_id, (j, ref))
         if not unique:
             return {}
-        postings = [(j, p) for j, _ in unique for p in j.postings]
+        firsts = list(unique.values())
+        postings = [(j, p) for j, _ in firsts for p in j.postings]
         rows = await self._conn.fetch(
             _ADD_JOURNALS,
-            [j.journal_id for j, _ in unique],
-            [j.type.value for j, _ in unique],
-            [j.name for j, _ in unique],
-            [j.currency.value for j, _ in unique],
-            [ref.payment_id for _, ref in unique],
-            [ref.payment_order_id for _, ref in unique],
-            [ref.seller_id for _, ref in unique],
-            [ref.source_event_id for _, ref in unique],
+            [j.journal_id for j, _ in firsts],
+            [j.type.value for j, _ in firsts],
+            [j.name for j, _ in firsts],
+            [j.currency.value for j, _ in firsts],
+            [ref.payment_id for _, ref in firsts],
+            [ref.payment_order_id for _, ref in firsts],
+            [ref.seller_id for _, ref in firsts],
+            [ref.source_event_id for _, ref in firsts],
             [j.journal_id for j, _ in postings],
             [p.account.code for _, p in postings],
             [p.direction.value for _, p in postings],
@@ -110,11 +113,11 @@ class PgJournalRepository:
             [p.signed_amount_minor for _, p in postings],
             [j.currency.value for j, _ in postings],
         )
-        by_id = {j.journal_id: j for j, _ in unique}
+        by_id = {j.journal_id: j for j, _ in firsts}
         stored = {
             r["journal_id"]: StoredJournal(by_id[r["journal_id"]], r["seq"], r["tx"], r["created_at"]) for r in rows
         }
-        earlier = [j.journal_id for j, _ in unique if j.journal_id not in stored]
+        earlier = [j.journal_id for j, _ in firsts if j.journal_id not in stored]
         if earlier:
             stored.update(await load_journals(self._conn, earlier))
         return stored
