@@ -133,7 +133,7 @@ def answered(order: PaymentOrder, result: CaptureResult, *, at: datetime = T0) -
 
 
 def finalized(order: PaymentOrder) -> Envelope[Any]:
-    event = PaymentOrderFinalized(**order_fields(order, T0), status=order.status.value, retry_count=order.retry_count)
+    event = PaymentOrderFinalized(**order_fields(order, T0), status=order.status, retry_count=order.retry_count)
     return envelope(event, aggregate_id=str(order.payment_order_id), timestamp=T0, trace_id="t" * 32)
 
 

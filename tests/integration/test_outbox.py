@@ -330,6 +330,60 @@ async def test_a_failed_publish_is_read_again_in_order(pool: asyncpg.Pool) -> No
     assert [e.data.n for e in recorder.seen] == [1, 2]
 
 
+class FailsOnceFor(InMemoryEventBus):
+    """Fails the first publish that carries a message with `key` (its shard is paused)."""
+
+    def __init__(self, *args: Any, key: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key = key
+        self.failed = False
+
+    async def publish(self, messages: Sequence[Message]) -> asyncio.Future[None]:
+        if not self.failed and any(m.key == self.key for m in messages):
+            self.failed = True
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(ConnectionError("broker down"))
+            return future
+        return await super().publish(messages)
+
+
+async def test_a_late_commit_into_a_paused_shard_is_read_once_the_shard_resumes(pool: asyncpg.Pool) -> None:
+    """A shard paused after a failed publish is left out of reads for a while. A transaction that
+    was running behind its position and commits a row there meanwhile must still be read when the
+    shard resumes — not forgotten because the late read of the other shards went by without it."""
+    a, b = "a", next(k for k in (f"b{i}" for i in range(100)) if shard_of(k) != shard_of("a"))
+    recorder = Recorder()
+    bus = FailsOnceFor(Dispatcher(dead_letters=PgDeadLetters(pool), max_attempts=3), key=b)
+    bus.subscribe(Subscription("r", Pinged, recorder))
+    relay = OutboxRelay(pool, bus, locks=None, poll_ms=20)
+    await running(relay, bus)
+    slow = await pool.acquire()
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute("SELECT pg_current_xact_id()")  # running, with an id below what follows
+        await commit(pool, [ping(a, 0)], on_commit=relay.committed)
+        deadline = time.monotonic() + 5
+        while "a:0" not in recorder.ids():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await commit(pool, [ping(b, 0)], on_commit=relay.committed)  # its publish fails: shard b pauses
+        deadline = time.monotonic() + 5
+        while not bus.failed:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await append_to_outbox(slow, [ping(b, 1)])  # behind shard b's position
+        await tx.commit()
+        await asyncio.sleep(0.2)  # shard a is read meanwhile (shard b is still paused)
+        deadline = time.monotonic() + 10
+        while not {f"{b}:0", f"{b}:1"} <= set(recorder.ids()):
+            assert time.monotonic() < deadline, recorder.ids()
+            await asyncio.sleep(0.05)
+    finally:
+        await pool.release(slow)
+        await stopped(relay, bus)
+
+
 async def test_partitions_are_dropped_only_once_every_cursor_is_past_them(pool: asyncpg.Pool) -> None:
     table = partitions.OUTBOX
     old_start = table.start_of(datetime.now(UTC) - timedelta(hours=2))

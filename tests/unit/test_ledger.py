@@ -22,6 +22,7 @@ from marketplace_pay.ledger.domain.journal import (
 from marketplace_pay.payments.application.ports import CaptureOutcome
 from marketplace_pay.shared.errors import InvariantViolation
 from marketplace_pay.shared.money import Currency, Money
+from tests.fakes import FakeLedgerUnitOfWork
 from tests.world import World
 
 C, D, R = CaptureOutcome.CAPTURED, CaptureOutcome.DECLINED, CaptureOutcome.RETRYABLE
@@ -255,3 +256,26 @@ async def test_with_redis_down_the_pipeline_goes_on_and_balances_come_from_postg
     assert await w.balance(M1) == 950 and await w.balance(PSP) == 3000
     w.overlay.down = False
     assert await w.balance(M1) == 950  # and once Redis is back, the folded snapshot holds it
+
+
+async def test_a_capture_for_a_seller_the_directory_does_not_know_is_refused_not_recorded_without_fee() -> None:
+    from datetime import UTC, datetime
+
+    from marketplace_pay.ledger.application.recording import UnknownSeller, record_finalizations
+    from marketplace_pay.payments import PaymentOrderFinalized, PaymentOrderStatus
+    from marketplace_pay.shared.envelope import envelope
+
+    class NoRates:
+        async def commission_bps(self, seller_ids: object) -> dict[str, int]:
+            return {}
+
+    w = World({})
+    event = PaymentOrderFinalized(
+        payment_order_id="11", public_payment_order_id="po_AAAAAAAAAAs", payment_id="10",
+        public_payment_id="pay_AAAAAAAAAAo", seller_id="SELLER-999", amount_minor=1000, currency="EUR",
+        timestamp=datetime.now(UTC), status=PaymentOrderStatus.CAPTURED,
+    )
+    env = envelope(event, aggregate_id="11", timestamp=event.timestamp, trace_id="a" * 32)
+    with pytest.raises(UnknownSeller, match="SELLER-999"):
+        await record_finalizations([env], uow=lambda: FakeLedgerUnitOfWork(w.db), rates=NoRates(), clock=w.clock)
+    assert w.db.tables.journals == {}  # nothing recorded: retried, then dead-lettered

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
+from marketplace_pay.payments import PaymentOrderStatus
 from marketplace_pay.infra.codec import decode_envelope, encode
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData
 from marketplace_pay.payments.domain.events import (
@@ -75,7 +76,7 @@ def _order_fields() -> dict[str, object]:
             "payment_order_capture_request_queue_topic",
         ),
         (
-            PaymentOrderFinalized(**_order_fields(), status="CAPTURED"),
+            PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED),
             "po_AAAAAAAAAAs:payment_order_finalized:CAPTURED",
             "11",
             "payment_order_finalized_topic",
@@ -96,14 +97,14 @@ def test_deterministic_event_ids_keys_and_topics(event, event_id: str, key: str,
 
 
 def test_root_events_are_their_own_parent_and_children_inherit_the_trace() -> None:
-    root = envelope(PaymentOrderFinalized(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="a" * 32, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    root = envelope(PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED), aggregate_id="11", timestamp=NOW, trace_id="a" * 32, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
     assert root.parent_event_id == root.event_id
     child = envelope(CapturePaymentOrder(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="ignored", caused_by=root)
     assert (child.parent_event_id, child.trace_id, child.traceparent) == (root.event_id, "a" * 32, root.traceparent)
 
 
 def test_envelope_json_shape_round_trips() -> None:
-    env = envelope(PaymentOrderFinalized(**_order_fields(), status="CAPTURED"), aggregate_id="11", timestamp=NOW, trace_id="c" * 32)
+    env = envelope(PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED), aggregate_id="11", timestamp=NOW, trace_id="c" * 32)
     raw = encode(env)
     as_dict = msgspec.json.decode(raw)
     assert set(as_dict) == {"eventId", "eventType", "aggregateId", "data", "timestamp", "traceId", "parentEventId"}

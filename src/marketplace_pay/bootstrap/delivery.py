@@ -11,7 +11,8 @@ from marketplace_pay.infra.dispatch import Dispatcher
 from marketplace_pay.infra.kafka_bus import KafkaEventBus
 from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.infra.partitions import maintain_queue_tables
-from marketplace_pay.infra.relay import OutboxRelay, live_instances
+from marketplace_pay.infra.relay import OutboxRelay
+from marketplace_pay.infra.relay_support import backlog, live_instances
 from marketplace_pay.infra.resources import Resources
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.bus import EventBus
@@ -61,7 +62,7 @@ def delivery_jobs(s: Settings, resources: Resources, relay: OutboxRelay, dead_le
 
     jobs = [
         Job("outbox-relay", 2000, supervise_relay),
-        Job("outbox-backlog", 5000, relay.backlog),
+        Job("outbox-backlog", 5000, partial(backlog, pool)),
         Job("queue-partitions", 60_000, maintain_partitions, exclusive=True),
         Job("dead-letters-gauge", 10_000, dead_letters.gauge),
     ]

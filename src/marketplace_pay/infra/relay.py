@@ -37,77 +37,26 @@ from marketplace_pay.infra import metrics
 from marketplace_pay.infra.dispatch import is_transient
 from marketplace_pay.infra.locks import NS_RELAY, SessionLocks
 from marketplace_pay.infra.outbox import SHARDS
+from marketplace_pay.infra.relay_support import (
+    MAX_ROW_ID,
+    Batch,
+    Notifier,
+    READ,
+    READ_LATE,
+    SAVE_CURSORS,
+    Position,
+    before,
+    running,
+    running_below,
+)
 from marketplace_pay.shared.bus import EventBus, Message
 from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
 
-Position = tuple[int, int]  # (transaction id, row id)
-_MAX_ID = 2**63 - 1
-NOTIFY_CHANNEL = "mp_outbox"
+NOTIFY_CHANNEL = "mp_outbox"  # relays of other processes are woken on it
 _PAUSE_AFTER_FAILURE_S = 1.0
 _REBALANCE_EVERY_S = 1.0
-
-_COLUMNS = "o.shard, o.tx, o.id, o.event_id, o.event_type, o.topic, o.msg_key, o.payload, o.traceparent"
-
-# The rows after each shard's position, and the snapshot the read was taken in.
-_READ = f"""
-SELECT {_COLUMNS}, pg_current_snapshot()::text AS snapshot
-FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS c(shard, tx, id)
-CROSS JOIN LATERAL (
-    SELECT * FROM outbox o
-    WHERE o.shard = c.shard AND (o.tx, o.id) > (c.tx, c.id)
-    ORDER BY o.tx, o.id
-    LIMIT $4
-) o
-"""
-
-# The rows that transactions still running at an earlier read, and finished since, committed
-# *behind* each shard's read position (rows ahead of it are the next reads' business, in order).
-_READ_LATE = f"""
-SELECT {_COLUMNS}
-FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS c(shard, tx, id)
-CROSS JOIN LATERAL (
-    SELECT * FROM outbox o
-    WHERE o.shard = c.shard AND o.tx = ANY($4::xid8[]) AND (o.tx, o.id) < (c.tx, c.id)
-    ORDER BY o.tx, o.id
-) o
-"""
-
-_SAVE_CURSORS = """
-UPDATE outbox_cursors c SET tx = v.tx, id = v.id, updated_at = now()
-FROM unnest($1::smallint[], $2::xid8[], $3::bigint[]) AS v(shard, tx, id)
-WHERE c.shard = v.shard AND (c.tx, c.id) < (v.tx, v.id)
-"""
-
-_BACKLOG = """
-SELECT count(*) FROM outbox_cursors c
-CROSS JOIN LATERAL (SELECT 1 FROM outbox o WHERE o.shard = c.shard AND (o.tx, o.id) > (c.tx, c.id)) o
-"""
-
-
-def running(snapshot: str) -> set[int]:
-    """The transactions still running in a snapshot ("xmin:xmax:xip,…")."""
-    _, _, xip = snapshot.split(":")
-    return {int(x) for x in xip.split(",") if x}
-
-
-def running_below(snapshot: str, positions: Iterable[Position]) -> set[int]:
-    """The transactions still running in `snapshot` whose ids lie below a read position: they
-    may yet commit rows behind it."""
-    top = max((tx for tx, _ in positions), default=0)
-    return {x for x in running(snapshot) if x < top}
-
-
-class _Batch:
-    """Rows published together; `first` is each shard's oldest row in it."""
-
-    __slots__ = ("first", "size")
-
-    def __init__(self, first: dict[int, Position], size: int) -> None:
-        self.first = first
-        self.size = size
-
 
 class OutboxRelay:
     def __init__(
@@ -138,6 +87,9 @@ class OutboxRelay:
         self._read: dict[int, Position] = {}
         self._inflight_first: dict[int, Counter[Position]] = {}
         self._waiting: set[int] = set()  # running transactions that may add rows behind a read position
+        # per shard, transactions that finished while they were waiting and whose rows behind
+        # the shard's position are still to be read (a shard left out of reads keeps its own)
+        self._late: dict[int, set[int]] = {}
         self._saved: dict[int, Position] = {}
         self._paused_until: dict[int, float] = {}
         self._inflight = 0
@@ -145,8 +97,7 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
-        self._notifier: asyncio.Task[None] | None = None
-        self._notify_again = False
+        self._notifier = Notifier(pool, NOTIFY_CHANNEL)
         self.published = 0
 
     # -- wake-ups ----------------------------------------------------------------------------
@@ -161,26 +112,7 @@ class OutboxRelay:
         if shards & self._leading:
             self._wake.set()
         if self._locks is not None and not shards <= self._leading:
-            self._notify_others()
-
-    def _notify_others(self) -> None:
-        # One NOTIFY in flight at a time: a burst of commits costs one or two, not one each
-        # (NOTIFY serializes the commits of the transactions that send it).
-        if self._notifier is not None and not self._notifier.done():
-            self._notify_again = True
-            return
-        self._notifier = asyncio.create_task(self._notify(), name="outbox-notify")
-
-    async def _notify(self) -> None:
-        while True:
-            self._notify_again = False
-            try:
-                await self._pool.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-            except Exception as exc:  # noqa: BLE001 - the other relays poll as well
-                log.debug("outbox notify failed", extra={"error": repr(exc)})
-            if not self._notify_again:
-                return
-            await asyncio.sleep(0.002)
+            self._notifier.notify()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -218,8 +150,7 @@ class OutboxRelay:
         if self._saver is not None:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
-        if self._notifier is not None:
-            await asyncio.gather(self._notifier, return_exceptions=True)
+        await self._notifier.drain()
         try:
             await self._save()
         except Exception as exc:  # noqa: BLE001 - the next leader re-reads from the saved cursor
@@ -275,6 +206,7 @@ class OutboxRelay:
             self._releasing.discard(shard)
             self._inflight_first.pop(shard, None)
             self._read.pop(shard, None)
+            self._late.pop(shard, None)
 
     async def _unlock(self, shards: set[int]) -> None:
         self._forget(shards)
@@ -337,7 +269,7 @@ class OutboxRelay:
         positions = [self._read[s] for s in shards]
         rows = list(
             await self._pool.fetch(
-                _READ,
+                READ,
                 list(shards),
                 [tx for tx, _ in positions],
                 [i for _, i in positions],
@@ -347,15 +279,25 @@ class OutboxRelay:
         snapshot = rows[0]["snapshot"] if rows else None
         if self._waiting:
             # The transactions behind our positions that the last read still saw running: those
-            # that have finished since may have committed rows there.
+            # that have finished since may have committed rows there — in any shard we lead,
+            # including those left out of this read (paused, being handed over).
             current = snapshot or await self._pool.fetchval("SELECT pg_current_snapshot()::text")
             finished = self._waiting - running(current)
             if finished:
-                rows += await self._pool.fetch(
-                    _READ_LATE, list(shards), [tx for tx, _ in positions], [i for _, i in positions], sorted(finished)
-                )
                 self._waiting -= finished
-                self._progress.set()  # the cursors may move up to what was held back
+                for shard in self._leading:
+                    self._late.setdefault(shard, set()).update(finished)
+        due = {s: self._late.pop(s) for s in shards if self._late.get(s)}
+        if due:
+            late_positions = [self._read[s] for s in due]
+            rows += await self._pool.fetch(
+                READ_LATE,
+                list(due),
+                [tx for tx, _ in late_positions],
+                [i for _, i in late_positions],
+                sorted(set().union(*due.values())),
+            )
+            self._progress.set()  # the cursors may move up to what was held back
         if snapshot is not None:
             ahead = {r["shard"]: (r["tx"], r["id"]) for r in rows if (r["tx"], r["id"]) > self._read[r["shard"]]}
             self._waiting |= running_below(snapshot, ahead.values())
@@ -380,7 +322,7 @@ class OutboxRelay:
                     traceparent=r["traceparent"],
                 )
             )
-        batch = _Batch(first, len(rows))
+        batch = Batch(first, len(rows))
         for shard, position in first.items():
             self._inflight_first[shard][position] += 1
         self._inflight += batch.size
@@ -394,7 +336,7 @@ class OutboxRelay:
         if not self._bus.pipelined:  # a broker acknowledgement per batch: wait, so batches never overtake
             await asyncio.wait([future])
 
-    def _finished(self, batch: _Batch, error: BaseException | None) -> None:
+    def _finished(self, batch: Batch, error: BaseException | None) -> None:
         self._inflight -= batch.size
         if error is None:
             self.published += batch.size
@@ -409,7 +351,7 @@ class OutboxRelay:
             if error is not None:
                 # Read again, after a pause, from before the oldest row in flight: nothing newer
                 # overtakes what failed for long (rows in flight may be delivered twice).
-                self._read[shard] = min(self._read[shard], _before(min(p for p, n in inflight.items() if n)))
+                self._read[shard] = min(self._read[shard], before(min(p for p, n in inflight.items() if n)))
                 self._paused_until[shard] = time.monotonic() + _PAUSE_AFTER_FAILURE_S
             inflight[position] -= 1
             if not inflight[position]:
@@ -425,9 +367,11 @@ class OutboxRelay:
         candidates = [self._read[shard]]
         inflight = self._inflight_first.get(shard)
         if inflight:
-            candidates.append(_before(min(inflight)))
+            candidates.append(before(min(inflight)))
         if self._waiting:
-            candidates.append((min(self._waiting) - 1, _MAX_ID))
+            candidates.append((min(self._waiting) - 1, MAX_ROW_ID))
+        if late := self._late.get(shard):
+            candidates.append((min(late) - 1, MAX_ROW_ID))
         return min(candidates)
 
     async def _save_loop(self) -> None:
@@ -448,27 +392,6 @@ class OutboxRelay:
             return
         faults.hit("relay.before_save")
         await self._pool.execute(
-            _SAVE_CURSORS, list(changed), [tx for tx, _ in changed.values()], [i for _, i in changed.values()]
+            SAVE_CURSORS, list(changed), [tx for tx, _ in changed.values()], [i for _, i in changed.values()]
         )
         self._saved.update(changed)
-
-    # -- maintenance ---------------------------------------------------------------------------
-
-    async def backlog(self) -> int:
-        count = int(await self._pool.fetchval(_BACKLOG))
-        metrics.OUTBOX_BACKLOG.set(count)
-        return count
-
-
-def _before(position: Position) -> Position:
-    tx, row = position
-    return tx, row - 1
-
-
-async def live_instances(pool: asyncpg.Pool, *, fresh_s: float = 5.0) -> int:
-    """Processes whose snowflake lease heartbeat is fresh: the members sharing the shards."""
-    return int(
-        await pool.fetchval(
-            "SELECT count(*) FROM instance_leases WHERE heartbeat_at > now() - make_interval(secs => $1)", fresh_s
-        )
-    )

@@ -5,12 +5,14 @@ Other contexts and the composition root import only what is exposed here."""
 from marketplace_pay.payments.application.capture import CapturePolicy
 from marketplace_pay.payments.application.service import Payments, PaymentsPolicy, PaymentsPorts, PaymentViews
 from marketplace_pay.payments.domain.events import CapturePaymentOrder, PaymentAuthorized, PaymentOrderFinalized
+from marketplace_pay.payments.domain.payment_order import PaymentOrderStatus
 
 __all__ = [
     "CapturePaymentOrder",
     "CapturePolicy",
     "PaymentAuthorized",
     "PaymentOrderFinalized",
+    "PaymentOrderStatus",
     "PaymentViews",
     "Payments",
     "PaymentsPolicy",

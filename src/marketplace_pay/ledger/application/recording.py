@@ -24,7 +24,7 @@ import msgspec
 from marketplace_pay.ledger.domain import journal as journals
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData, PostingData
 from marketplace_pay.ledger.domain.journal import JournalEntry
-from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized
+from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized, PaymentOrderStatus
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.money import Currency, Money
@@ -87,6 +87,10 @@ class Recording(msgspec.Struct, frozen=True):
     cause: Envelope[Any]
 
 
+class UnknownSeller(LookupError):
+    """A captured order's seller is missing from the account directory."""
+
+
 class UnknownRecording(ValueError):
     """An event this ledger does not know how to record (dead-lettered, not dropped)."""
 
@@ -101,10 +105,10 @@ def _finalization(e: Envelope[PaymentOrderFinalized], commission_bps: int) -> Re
     d = e.data
     amount = Money(d.amount_minor, Currency(d.currency))
     order_id = int(d.payment_order_id)
-    if d.status == "CAPTURED":
+    if d.status == PaymentOrderStatus.CAPTURED:
         fee = journals.commission(order_id, d.seller_id, amount, commission_bps)
         entries = [journals.capture(order_id, d.seller_id, amount), *([fee] if fee else [])]
-    elif d.status == "CAPTURE_FAILED":
+    elif d.status == PaymentOrderStatus.CAPTURE_FAILED:
         entries = [journals.auth_release(order_id, amount)]
     else:
         raise UnknownRecording(f"cannot record final status {d.status!r}")
@@ -153,7 +157,12 @@ async def record_finalizations(
     clock: Clock,
 ) -> None:
     events = _once(batch)
-    bps = await rates.commission_bps(sorted({e.data.seller_id for e in events if e.data.status == "CAPTURED"}))
+    captured = sorted({e.data.seller_id for e in events if e.data.status == PaymentOrderStatus.CAPTURED})
+    bps = await rates.commission_bps(captured)
+    if missing := [s for s in captured if s not in bps]:
+        # sellers are never removed: a capture for one the directory does not know is a fault
+        # to surface (retried, then dead-lettered), never a capture recorded without commission
+        raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
     await _record([_finalization(e, bps.get(e.data.seller_id, 0)) for e in events], uow=uow, clock=clock)
 
 

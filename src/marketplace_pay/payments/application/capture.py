@@ -167,7 +167,7 @@ class Capturer:
             )
             changes.append((order, before))
             if status.terminal:
-                finalized = PaymentOrderFinalized(**order_fields(order, now), status=status.value, retry_count=order.retry_count)
+                finalized = PaymentOrderFinalized(**order_fields(order, now), status=status, retry_count=order.retry_count)
                 events.append(
                     envelope(finalized, aggregate_id=str(order.payment_order_id), timestamp=now, trace_id=cause.trace_id, caused_by=cause)
                 )

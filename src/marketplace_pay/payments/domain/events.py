@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import msgspec
 
+from marketplace_pay.payments.domain.payment_order import PaymentOrderStatus
 from marketplace_pay.shared.envelope import Event
 
 
@@ -76,7 +77,7 @@ class PaymentOrderFinalized(PaymentOrderMessage, frozen=True):
     event_type: ClassVar[str] = "payment_order_finalized"
     topic: ClassVar[str] = "payment_order_finalized_topic"
 
-    status: str = ""
+    status: PaymentOrderStatus  # CAPTURED or CAPTURE_FAILED
     retry_count: int = 0
 
     def event_id(self) -> str:

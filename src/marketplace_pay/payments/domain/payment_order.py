@@ -29,7 +29,7 @@ from marketplace_pay.shared.money import Money
 
 
 class PaymentOrderStatus(StrEnum):
-    INITIATED_PENDING = "INITIATED_PENDING"
+    INITIATED_PENDING = "INITIATED_PENDING"  # created, not yet asked to capture (never stored)
     CAPTURE_REQUESTED = "CAPTURE_REQUESTED"
     PENDING_CAPTURE = "PENDING_CAPTURE"
     CAPTURED = "CAPTURED"
