@@ -2,7 +2,7 @@
 
 CREATE TABLE outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- publish order
-    event_id     text        NOT NULL UNIQUE,                      -- deterministic (SPEC §6)
+    event_id     text        NOT NULL UNIQUE,                      -- deterministic: the same fact, the same id
     event_type   text        NOT NULL,
     topic        text        NOT NULL,
     msg_key      text        NOT NULL,                             -- Kafka key, per-aggregate order
@@ -56,7 +56,7 @@ CREATE TABLE dead_letters (
     UNIQUE (consumer, event_id)
 );
 
--- Idempotency-Key requests (SPEC §3.3): the first response, replayed for the same key and body.
+-- Idempotency-Key requests: the first response, replayed for the same key and body.
 CREATE TABLE idempotency_keys (
     scope           text        NOT NULL,                 -- the caller (JWT subject)
     key             text        NOT NULL CHECK (length(key) BETWEEN 1 AND 255),

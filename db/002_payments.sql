@@ -1,4 +1,4 @@
--- Payments (SPEC §3.3, §4). Lines carry the payment-order ids allocated at creation.
+-- Payments. Lines carry the payment-order ids allocated at creation.
 
 CREATE TABLE payments (
     payment_id            bigint      PRIMARY KEY,

@@ -1,4 +1,4 @@
--- The ledger's account directory (SPEC §5): every account, with status and, for sellers, the
+-- The ledger's account directory: every account, with status and, for sellers, the
 -- commission rate. A seller is its MERCHANT_PAYABLE account.
 
 CREATE TABLE account_types (

@@ -1,4 +1,4 @@
--- Payment orders (SPEC §4, seed §2.4): one per payment line, captured on its own.
+-- Payment orders: one per payment line, captured on its own.
 
 ALTER TABLE payments ADD COLUMN orders_open integer NOT NULL DEFAULT 0 CHECK (orders_open >= 0);
 UPDATE payments SET orders_open = jsonb_array_length(lines) WHERE status IN ('PENDING_AUTH', 'AUTHORIZED');

@@ -1,4 +1,4 @@
--- The double-entry ledger (SPEC §5). The database itself keeps it honest: journals and postings
+-- The double-entry ledger. The database itself keeps it honest: journals and postings
 -- cannot be changed or deleted, a journal that does not balance cannot commit, and postings can
 -- only join a journal created in the same transaction.
 
@@ -26,7 +26,7 @@ CREATE TABLE postings (
     account_code        text        NOT NULL REFERENCES accounts,
     direction           text        NOT NULL CHECK (direction IN ('DEBIT', 'CREDIT')),
     amount_minor        bigint      NOT NULL CHECK (amount_minor > 0),
-    signed_amount_minor bigint      NOT NULL,       -- effect on the account's balance (seed §8.2)
+    signed_amount_minor bigint      NOT NULL,       -- effect on the account's balance (+ on its normal side)
     currency            char(3)     NOT NULL,
     created_at          timestamptz NOT NULL DEFAULT now(),
     UNIQUE (journal_id, account_code)               -- no account twice in one journal

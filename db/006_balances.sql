@@ -1,4 +1,4 @@
--- Balances (SPEC §8): snapshots folded from the postings, up to a horizon below which every
+-- Balances: snapshots folded from the postings, up to a horizon below which every
 -- journal has committed. Real-time reads add the postings above the horizon, kept in Redis.
 
 CREATE TABLE account_balances (

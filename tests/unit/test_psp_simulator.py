@@ -1,4 +1,4 @@
-"""The simulated PSP: seed scenarios, determinism per idempotency key, test values."""
+"""The simulated PSP: its scenarios, determinism per idempotency key, test values."""
 
 import asyncio
 import json

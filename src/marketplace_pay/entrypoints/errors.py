@@ -13,9 +13,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-import asyncpg
 import msgspec
-import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -26,7 +24,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 
-from marketplace_pay.infra.locks import IdsUnavailable
+from marketplace_pay.infra.failures import UNAVAILABLE
 from marketplace_pay.infra.telemetry import current_ids
 from marketplace_pay.shared.errors import (
     ConflictError,
@@ -146,21 +144,6 @@ def _any(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         return _unavailable(request, exc)
     return _unexpected(request, exc)
 
-
-UNAVAILABLE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.QueryCanceledError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    IdsUnavailable,
-)
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     DomainError: _domain,

@@ -16,7 +16,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from marketplace_pay.bootstrap import Container
-from marketplace_pay.infra.dispatch import is_transient
+from marketplace_pay.infra.failures import is_transient
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Technology adapters shared by every context: Postgres, Redis, Kafka, outbox, inbox, bus."""
+"""Technology adapters shared by every context: Postgres, Redis, Kafka, the outbox and its relay, the buses."""

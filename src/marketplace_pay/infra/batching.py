@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from marketplace_pay.infra.dispatch import is_transient
+from marketplace_pay.infra.failures import is_transient
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from marketplace_pay.shared.envelope import Envelope, EnvelopeHead, Event
+from marketplace_pay.shared.envelope import Envelope, Event
 from marketplace_pay.shared.errors import FieldError, ValidationError
 
 T = TypeVar("T")
@@ -32,10 +32,6 @@ def decode(raw: bytes | str, type_: type[T]) -> T:
 
 def decode_envelope(raw: bytes, event: type[E]) -> Envelope[E]:
     return _decoder(Envelope[event]).decode(raw)  # type: ignore[valid-type]
-
-
-def decode_head(raw: bytes) -> EnvelopeHead:
-    return _decoder(EnvelopeHead).decode(raw)
 
 
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

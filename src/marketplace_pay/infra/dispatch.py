@@ -14,9 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import msgspec
-import redis.exceptions
 
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.codec import decode_envelope
@@ -24,34 +22,9 @@ from marketplace_pay.infra.telemetry import consume_span
 from marketplace_pay.shared.bus import DeadLetterSink, Message, Subscription
 from marketplace_pay.shared.envelope import Envelope
 
+from marketplace_pay.infra.failures import is_transient
+
 log = logging.getLogger(__name__)
-
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    ConnectionError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.QueryCanceledError,
-    asyncpg.LockNotAvailableError,
-    asyncpg.AdminShutdownError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-)
-
-
-class TransientError(Exception):
-    """Raise from a handler to ask for a retry without counting an attempt."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (TransientError, *_TRANSIENT))
-
 
 def _backoff_s(attempt: int, *, cap_s: float = 5.0) -> float:
     return min(cap_s, 0.05 * (2 ** min(attempt, 10)))

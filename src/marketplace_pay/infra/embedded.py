@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -100,11 +99,3 @@ class EmbeddedRedis:
         except (redis.exceptions.ConnectionError, OSError):
             pass
         self.started_here = False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -1,9 +1,9 @@
 """The Kafka bus (aiokafka). Production: several processes share each subscription through its
-consumer group, partitions keyed as the seed does (SPEC §6).
+consumer group, partitions keyed by the message's key (payment id, payment order id, journal id).
 
-Producing: acks=all, the outbox relay waits for the acknowledgement before marking rows sent.
+Producing: acks=all, the outbox relay waits for the acknowledgement before its cursor moves past the rows.
 There is no idempotent producer (the Tansu broker used in tests lacks it), so a retried send may
-duplicate a record; consumers are idempotent (inbox), which makes that harmless.
+duplicate a record; handlers are idempotent (state guards), which makes that harmless.
 
 Consuming: one consumer per subscription; the batches of the partitions fetched together are
 handled concurrently, each through the dispatcher (retries, dead letters), and a partition's
@@ -30,7 +30,7 @@ from marketplace_pay.shared.faults import faults
 
 log = logging.getLogger(__name__)
 
-# Partition counts of the seed (§4.4).
+# Partition counts of the topics created at start (MP_KAFKA_TOPIC_PARTITIONS overrides).
 SEED_PARTITIONS = {
     "payment_authorized_topic": 48,
     "payment_order_created_topic": 48,
@@ -66,7 +66,6 @@ class KafkaEventBus:
         self._session_timeout_ms = session_timeout_ms
         self._subscriptions: list[Subscription] = []
         self._producer: AIOKafkaProducer | None = None
-        self.restarts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -166,7 +165,6 @@ class KafkaEventBus:
                 raise
             except Exception:  # noqa: BLE001 - a consumer must not die silently in its group
                 failures += 1
-                self.restarts += 1
                 log.exception("kafka consumer failed; leaving the group and joining again", extra={"consumer": sub.consumer})
             finally:
                 try:
@@ -211,7 +209,7 @@ class KafkaEventBus:
         try:
             await consumer.commit({tp: offset})
         except (CommitFailedError, KafkaError) as exc:
-            # Rebalanced away: the new owner redelivers from the last commit; the inbox dedupes.
+            # Rebalanced away: the new owner redelivers from the last commit; the handlers' state guards absorb the repeat.
             log.warning("kafka commit failed", extra={"consumer": sub.consumer, "error": repr(exc)})
 
     async def _report_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:

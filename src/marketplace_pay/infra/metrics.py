@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §9), exposed at /metrics. Definitions only; no I/O."""
+"""Prometheus metrics, exposed at /metrics. Definitions only; no I/O."""
 
 from __future__ import annotations
 

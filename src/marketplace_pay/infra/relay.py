@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import asyncpg
 
 from marketplace_pay.infra import metrics
-from marketplace_pay.infra.dispatch import is_transient
+from marketplace_pay.infra.failures import is_transient
 from marketplace_pay.infra.locks import NS_RELAY, SessionLocks
 from marketplace_pay.infra.outbox import SHARDS
 from marketplace_pay.infra.relay_support import (

@@ -5,6 +5,7 @@ processes sharing the shards — and the NOTIFY that wakes the relays of other p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 import logging
 
 import asyncpg

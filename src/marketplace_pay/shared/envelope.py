@@ -1,14 +1,13 @@
-"""The event envelope (SPEC §6, seed §4.2) and the base class of every event.
+"""The event envelope and the base class of every event.
 
-Event ids are deterministic (seed §4.3): the same fact always gets the same id, so a replay
-of a handler emits the same events and the outbox (unique event id) and the inboxes absorb them.
+Event ids are deterministic: the same fact always gets the same id, so a replay
+of a handler emits the same events and the outbox (unique event id) and the handlers' state guards absorb them.
 Root events are their own parent. `traceparent` carries the W3C trace context so that a
 payment's spans, from the HTTP request through every handler, form one trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -51,18 +50,6 @@ class Envelope(msgspec.Struct, Generic[E], frozen=True, rename="camel", omit_def
         return self.data.partition_key()
 
 
-class EnvelopeHead(msgspec.Struct, frozen=True, rename="camel"):
-    """The envelope without its payload decoded, for routing and logging."""
-
-    event_id: str
-    event_type: str
-    aggregate_id: str
-    trace_id: str
-    parent_event_id: str | None = None
-    traceparent: str | None = None
-    data: msgspec.Raw = msgspec.Raw(b"null")
-
-
 def envelope(
     data: E,
     *,
@@ -91,14 +78,3 @@ def envelope(
         parent_event_id=parent,
         traceparent=traceparent,
     )
-
-
-def first_seen(batch: Sequence[Envelope[Any]], fresh: set[str]) -> list[Envelope[Any]]:
-    """The envelopes of `batch` whose ids are in `fresh` (new to a consumer), once each, in order."""
-    seen: set[str] = set()
-    out = []
-    for e in batch:
-        if e.event_id in fresh and e.event_id not in seen:
-            seen.add(e.event_id)
-            out.append(e)
-    return out

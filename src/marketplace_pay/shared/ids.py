@@ -1,14 +1,13 @@
-"""Ids: 64-bit snowflakes (seed §2.6) and the public `pay_`/`po_` codec.
+"""Ids: 64-bit snowflakes and the public `pay_`/`po_` codec.
 
 Layout, most significant bit first::
 
     0 | 41 bits ms since 2025-01-01 | 5 bits instance | 5 bits shard | 12 bits sequence
 
-The seed spends the 5 instance bits on a constant "region" and so two processes that pick the
-same shard in the same millisecond produce the same id. Here those bits carry an instance id
-that each process leases (an advisory lock held for its lifetime, see infra/idlease.py), so
-ids never collide across processes. The shard bits keep the seed's meaning: coordinator shard
-of the payment, seller shard of the payment order.
+The 5 instance bits carry an instance id that each process leases (an advisory lock held for
+its lifetime, see LeasedIdGenerator in infra/locks.py): two processes that pick the same shard
+in the same millisecond still make different ids. The shard bits say where an id belongs:
+the coordinator shard of the payment, the seller shard of the payment order.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ PAYMENT_ORDER_PREFIX = "po_"
 
 
 def java_string_hash(text: str) -> int:
-    """Java's String.hashCode (31·h + UTF-16 code unit, int32 overflow), as the seed shards by it."""
+    """Java's String.hashCode (31·h + UTF-16 code unit, int32 overflow), as the clients that shard by it do."""
     h = 0
     data = text.encode("utf-16-be")
     for i in range(0, len(data), 2):
@@ -73,7 +72,7 @@ class SnowflakeGenerator:
         with self._lock:
             now = self._clock_ms()
             last = self._last_ms[shard]
-            if now < last:  # clock went backwards: stay on the last millisecond (seed behaviour)
+            if now < last:  # clock went backwards: stay on the last millisecond, never reuse one
                 now = last
             if now == last:
                 seq = (self._sequence[shard] + 1) & MAX_SEQUENCE

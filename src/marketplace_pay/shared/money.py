@@ -43,9 +43,6 @@ class Money(msgspec.Struct, frozen=True):
     def __neg__(self) -> Money:
         return Money(-self.amount_minor, self.currency)
 
-    def is_positive(self) -> bool:
-        return self.amount_minor > 0
-
     def __str__(self) -> str:
         return f"{self.amount_minor} {self.currency} (minor units)"
 

@@ -42,7 +42,6 @@ from marketplace_pay.ledger.domain.accounts import (
     parse_account_code,
 )
 from marketplace_pay.shared.client_ids import SellerId, check_seller_id, is_seller_id
-from marketplace_pay.shared.errors import NotFoundError
 from marketplace_pay.shared.ids import PAYMENT_PREFIX
 from marketplace_pay.shared.money import Currency
 

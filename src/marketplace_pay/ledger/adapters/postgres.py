@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 import asyncpg
-import msgspec
 
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code

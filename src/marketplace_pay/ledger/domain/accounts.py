@@ -1,4 +1,4 @@
-"""Accounts (SPEC §5, seed §8.1–8.2). Code: `<TYPE>.<entityId>.<CCY>`, e.g.
+"""Accounts. Code: `<TYPE>.<entityId>.<CCY>`, e.g.
 `MERCHANT_PAYABLE.SELLER-111.EUR`; platform-wide accounts use the entity `GLOBAL`."""
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ class NormalBalance(StrEnum):
     CREDIT = "CREDIT"
 
 
-class Category(StrEnum):
-    ASSET = "ASSET"
-    EXPENSE = "EXPENSE"
-    LIABILITY = "LIABILITY"
-    EQUITY = "EQUITY"
-    REVENUE = "REVENUE"
-
-
 class AccountType(StrEnum):
     PLATFORM_CASH = "PLATFORM_CASH"
     PSP_RECEIVABLES = "PSP_RECEIVABLES"
@@ -44,10 +36,6 @@ class AccountType(StrEnum):
     def normal_balance(self) -> NormalBalance:
         return _NORMAL[self]
 
-    @property
-    def category(self) -> Category:
-        return _CATEGORY[self]
-
 
 _NORMAL = {
     AccountType.PLATFORM_CASH: NormalBalance.DEBIT,
@@ -60,18 +48,6 @@ _NORMAL = {
     AccountType.INTERCHANGE_FEES: NormalBalance.DEBIT,
     AccountType.SCHEME_FEES: NormalBalance.DEBIT,
     AccountType.BANK_FEES: NormalBalance.DEBIT,
-}
-_CATEGORY = {
-    AccountType.PLATFORM_CASH: Category.ASSET,
-    AccountType.PSP_RECEIVABLES: Category.ASSET,
-    AccountType.AUTH_RECEIVABLE: Category.ASSET,
-    AccountType.AUTH_LIABILITY: Category.LIABILITY,
-    AccountType.MERCHANT_PAYABLE: Category.LIABILITY,
-    AccountType.PLATFORM_COMMISSION_REVENUE: Category.REVENUE,
-    AccountType.PSP_FEE_EXPENSE: Category.EXPENSE,
-    AccountType.INTERCHANGE_FEES: Category.EXPENSE,
-    AccountType.SCHEME_FEES: Category.EXPENSE,
-    AccountType.BANK_FEES: Category.EXPENSE,
 }
 
 

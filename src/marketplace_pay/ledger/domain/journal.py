@@ -1,4 +1,4 @@
-"""Journal entries and postings (SPEC §5, seed §8.2–8.4).
+"""Journal entries and postings.
 
 A journal entry is immutable, has at least two postings, debits equal credits, no account
 appears twice and every posting is in the journal's currency. Its id says what it records, so

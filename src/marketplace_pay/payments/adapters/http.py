@@ -64,7 +64,7 @@ def location(payment_id: str) -> str:
 
 
 def render(payment: Payment) -> tuple[int, bytes]:
-    """The response for a payment: 402 if declined, else 202 (SPEC §3.3)."""
+    """The response for a payment: 402 if declined, else 202 (authorized, or pending authorization)."""
     status = 402 if payment.status is PaymentStatus.DECLINED else 202
     return status, msgspec.json.encode(payment_view(payment))
 

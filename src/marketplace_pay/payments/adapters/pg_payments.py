@@ -12,17 +12,14 @@ import msgspec
 
 from marketplace_pay.infra import outbox
 from marketplace_pay.infra.batching import Batcher
-from marketplace_pay.infra.uow import OnCommit, PgUnitOfWork
+from marketplace_pay.infra.uow import OnCommit
 from marketplace_pay.payments.application.ports import (
     Keyed,
-    NewOrder,
-    OrderChange,
     PendingAuthorization,
     StoredPayment,
 )
 from marketplace_pay.payments.application.views import OrderState, PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentLine, PaymentStatus
-from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
 from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.money import Currency, Money
 

@@ -1,4 +1,4 @@
-"""The payment resource (SPEC §3.4): what POST answers, GET returns and Idempotency-Key replays."""
+"""The payment resource: what POST answers, GET returns and Idempotency-Key replays."""
 
 from __future__ import annotations
 
