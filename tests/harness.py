@@ -191,7 +191,16 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            [
+                sys.executable,
+                "-m",
+                "marketplace_pay.entrypoints.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -27,8 +27,14 @@ class SettingsError(ValueError):
 
 
 def setting(
-    default: Any, doc: str, *, minimum: int | None = None, choices: tuple[str, ...] = (), env: str = "",
-    secret: bool = False, factory: Any = None,
+    default: Any,
+    doc: str,
+    *,
+    minimum: int | None = None,
+    choices: tuple[str, ...] = (),
+    env: str = "",
+    secret: bool = False,
+    factory: Any = None,
 ) -> Any:
     """A field of a settings group: its default, what it means, and how its value is checked."""
     meta = {"doc": doc, "minimum": minimum, "choices": choices, "env": env, "secret": secret}
@@ -45,9 +51,15 @@ class Services:
     """Where the backing services are; unset means embedded (PostgreSQL, Redis) or in-memory (bus)."""
 
     PREFIX: ClassVar[str] = ""
-    database_url: str | None = setting(None, "PostgreSQL DSN; unset: embedded PostgreSQL in the data dir", env="DATABASE_URL", secret=True)
-    redis_url: str | None = setting(None, "`redis://…` or `unix://…`; unset: embedded Redis", env="REDIS_URL", secret=True)
-    kafka_bootstrap_servers: str | None = setting(None, "Kafka brokers; unset: the in-memory bus", env="KAFKA_BOOTSTRAP_SERVERS")
+    database_url: str | None = setting(
+        None, "PostgreSQL DSN; unset: embedded PostgreSQL in the data dir", env="DATABASE_URL", secret=True
+    )
+    redis_url: str | None = setting(
+        None, "`redis://…` or `unix://…`; unset: embedded Redis", env="REDIS_URL", secret=True
+    )
+    kafka_bootstrap_servers: str | None = setting(
+        None, "Kafka brokers; unset: the in-memory bus", env="KAFKA_BOOTSTRAP_SERVERS"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +69,8 @@ class Process:
     PREFIX: ClassVar[str] = "MP_"
     data_dir: Path = setting(Path(".marketplace-pay"), "embedded databases and the generated JWT secret")
     instance_name: str = setting(
-        None, "this process in logs, leases and Kafka client ids",
+        None,
+        "this process in logs, leases and Kafka client ids",
         factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
     )
     workers: int = setting(0, "`serve` processes; 0: one per two CPU cores (PostgreSQL shares the machine)")
@@ -69,7 +82,9 @@ class Jwt:
     """How bearer tokens are verified."""
 
     PREFIX: ClassVar[str] = "MP_JWT_"
-    secret: str | None = setting(None, "HS256 secret, ≥ 32 bytes, not a placeholder; unset: generated into the data dir", secret=True)
+    secret: str | None = setting(
+        None, "HS256 secret, ≥ 32 bytes, not a placeholder; unset: generated into the data dir", secret=True
+    )
     jwks_url: str | None = setting(None, "verify RS256 tokens with this JWKS (needs MP_JWT_AUDIENCE)")
     issuer: str | None = setting(None, "required `iss` claim")
     audience: str | None = setting(None, "required `aud` claim (the client id tokens for this service carry)")
@@ -83,8 +98,12 @@ class Psp:
     PREFIX: ClassVar[str] = "MP_PSP_"
     scenario: str = setting("NORMAL", "simulator behaviour", choices=PSP_SCENARIOS)
     seed: int = setting(0, "seed of the simulator's random source")
-    auth_timeout_ms: int = setting(500, "budget of the synchronous authorization; past it the payment is PENDING_AUTH", minimum=1)
-    capture_timeout_ms: int = setting(500, "budget of one capture call; past it the outcome is unknown (asked again, same key)", minimum=1)
+    auth_timeout_ms: int = setting(
+        500, "budget of the synchronous authorization; past it the payment is PENDING_AUTH", minimum=1
+    )
+    capture_timeout_ms: int = setting(
+        500, "budget of one capture call; past it the outcome is unknown (asked again, same key)", minimum=1
+    )
     call_log: Path | None = setting(None, "file the simulator appends every call to (JSON lines)")
     max_inflight: int = setting(256, "PSP calls in flight at once, per process", minimum=1)
 
@@ -98,7 +117,9 @@ class Retry:
     cap_ms: int = setting(60000, "longest back-off", minimum=1)
     max: int = setting(5, "retries after the first attempt; then the order is CAPTURE_FAILED")
     poll_ms: int = setting(500, "how often due retries are dispatched", minimum=10)
-    inflight_timeout_ms: int = setting(60000, "a retry taken from Redis but not dispatched goes back after this", minimum=100)
+    inflight_timeout_ms: int = setting(
+        60000, "a retry taken from Redis but not dispatched goes back after this", minimum=100
+    )
     requeue_after_ms: int = setting(10000, "a retry overdue this long and missing from Redis is put back", minimum=100)
 
 
@@ -117,7 +138,9 @@ class Idempotency:
 
     PREFIX: ClassVar[str] = "MP_IDEMPOTENCY_"
     ttl_hours: int = setting(48, "stored responses are kept at least this long", minimum=24)
-    in_progress_ms: int = setting(30000, "a key whose first request died may be retried after this (409 before)", minimum=100)
+    in_progress_ms: int = setting(
+        30000, "a key whose first request died may be retried after this (409 before)", minimum=100
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +185,12 @@ class Kafka:
 
     PREFIX: ClassVar[str] = "MP_KAFKA_"
     session_timeout_ms: int = setting(10000, "consumer group session timeout", minimum=1000)
-    topic_partitions: int = setting(0, "partitions of topics created at start; 0: 48 per payments topic, 24 per ledger topic")
-    replication_factor: int = setting(0, "replicas of topics created at start; 0: as many brokers as there are, up to 3")
+    topic_partitions: int = setting(
+        0, "partitions of topics created at start; 0: 48 per payments topic, 24 per ledger topic"
+    )
+    replication_factor: int = setting(
+        0, "replicas of topics created at start; 0: as many brokers as there are, up to 3"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +232,9 @@ class Log:
     """Logging."""
 
     PREFIX: ClassVar[str] = "MP_LOG_"
-    level: str = setting("INFO", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    level: str = setting(
+        "INFO", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    )
     format: str = setting("json", "json or text", choices=("json", "text"))
 
 

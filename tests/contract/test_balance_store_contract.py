@@ -150,7 +150,12 @@ async def test_a_fold_moves_the_horizon_past_committed_journals_and_sums_posting
 async def test_snapshots_of_known_and_unknown_accounts(books: Books) -> None:
     await a_sale(books)
     before = await books.store.snapshot(PSP)
-    assert (before.account_code, before.currency, before.balance_minor, before.horizon) == (PSP, "EUR", 0, FIRST_HORIZON)
+    assert (before.account_code, before.currency, before.balance_minor, before.horizon) == (
+        PSP,
+        "EUR",
+        0,
+        FIRST_HORIZON,
+    )
     assert (before.unfolded_minor, before.updated_at) == (0, None)  # never folded
     unfolded = await books.store.snapshot(PSP, with_unfolded=True)
     assert (unfolded.balance_minor, unfolded.unfolded_minor) == (0, 1000)
@@ -194,7 +199,10 @@ async def test_snapshot_drift_is_empty_after_a_fold_and_reports_broken_snapshots
     await books.set_snapshot(CASH, 5)  # a snapshot of an account without postings
     checked, drift = await books.store.snapshot_drift()
     assert checked == 6
-    assert sorted(drift, key=lambda d: d.subject) == [Drift(Check.SNAPSHOT, M1, 950, 957), Drift(Check.SNAPSHOT, CASH, 0, 5)]
+    assert sorted(drift, key=lambda d: d.subject) == [
+        Drift(Check.SNAPSHOT, M1, 950, 957),
+        Drift(Check.SNAPSHOT, CASH, 0, 5),
+    ]
 
 
 async def test_rebuild_snapshots_repairs_them_from_the_postings_below_the_horizon(books: Books) -> None:
@@ -217,13 +225,20 @@ async def test_postings_above_the_horizon_are_exactly_the_unfolded_ones(books: B
     unfolded = await books.store.postings_above_horizon()
     assert unfolded.horizon == FIRST_HORIZON
     tx1, tx2, at1, at2 = sale.tx, second.tx, sale.created_at, second.created_at
-    assert sorted(unfolded.postings) == sorted([
-        (Entry(AR, tx1, 1, 1000), at1), (Entry(AL, tx1, 1, 1000), at1),
-        (Entry(AR, tx1, 2, -1000), at1), (Entry(AL, tx1, 2, -1000), at1),
-        (Entry(PSP, tx1, 2, 1000), at1), (Entry(M1, tx1, 2, 1000), at1),
-        (Entry(M1, tx1, 3, -50), at1), (Entry(REV, tx1, 3, 50), at1),
-        (Entry(AR, tx2, 4, 700), at2), (Entry(AL, tx2, 4, 700), at2),
-    ])
+    assert sorted(unfolded.postings) == sorted(
+        [
+            (Entry(AR, tx1, 1, 1000), at1),
+            (Entry(AL, tx1, 1, 1000), at1),
+            (Entry(AR, tx1, 2, -1000), at1),
+            (Entry(AL, tx1, 2, -1000), at1),
+            (Entry(PSP, tx1, 2, 1000), at1),
+            (Entry(M1, tx1, 2, 1000), at1),
+            (Entry(M1, tx1, 3, -50), at1),
+            (Entry(REV, tx1, 3, 50), at1),
+            (Entry(AR, tx2, 4, 700), at2),
+            (Entry(AL, tx2, 4, 700), at2),
+        ]
+    )
     folded = await fold_past(books, second.tx)
     empty = await books.store.postings_above_horizon()
     assert (empty.horizon, empty.postings) == (folded.horizon, [])

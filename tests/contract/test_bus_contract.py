@@ -80,7 +80,9 @@ def messages(event: type[Tick], *keyed: tuple[str, int]) -> list[Message]:
     out = []
     for key, n in keyed:
         env = envelope(event(key=key, n=n), aggregate_id=key, timestamp=T0, trace_id="0" * 32)
-        out.append(Message(topic=env.topic, key=env.key, event_id=env.event_id, event_type=env.event_type, value=encode(env)))
+        out.append(
+            Message(topic=env.topic, key=env.key, event_id=env.event_id, event_type=env.event_type, value=encode(env))
+        )
     return out
 
 
@@ -137,7 +139,12 @@ def subscribe_all(bus: Any, suite: Suite) -> None:
     subscriptions = [
         Subscription(consumer("loss-ordered"), LossTick, suite.recorder("loss-ordered"), batch_max=7),
         Subscription(
-            consumer("loss-unordered"), LossTick, suite.recorder("loss-unordered"), batch_max=5, ordered=False, concurrency=3
+            consumer("loss-unordered"),
+            LossTick,
+            suite.recorder("loss-unordered"),
+            batch_max=5,
+            ordered=False,
+            concurrency=3,
         ),
         Subscription(consumer("order"), OrderTick, suite.recorder("order", before=shuffle), batch_max=3),
         Subscription(consumer("poison"), PoisonTick, suite.recorder("poison", before=picky), batch_max=10),
@@ -254,7 +261,9 @@ async def test_the_publish_future_resolves_after_handling_in_memory_and_on_the_a
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_ready_while_running_only_and_a_stopped_bus_publishes_nothing(kind: str, request: pytest.FixtureRequest) -> None:
+async def test_ready_while_running_only_and_a_stopped_bus_publishes_nothing(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     dead = RecordedDeadLetters()
     bus = new_bus(kind, dead, request)
     handled: list[str] = []

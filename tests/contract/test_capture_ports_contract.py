@@ -119,7 +119,11 @@ async def authorized_payment(o: Orders, *amounts: int) -> tuple[Payment, list[Ne
     new = []
     for line in p.lines:
         order = PaymentOrder.create(
-            payment_order_id=line.payment_order_id, payment_id=p.payment_id, seller_id=line.seller_id, amount=line.amount, now=T0
+            payment_order_id=line.payment_order_id,
+            payment_id=p.payment_id,
+            seller_id=line.seller_id,
+            amount=line.amount,
+            now=T0,
         )
         order.request_capture(T0)
         new.append(NewOrder(order, "t" * 32, "tp"))
@@ -141,7 +145,9 @@ async def test_orders_are_created_once_and_only_waiting_ones_come_back(orders: O
     _, new = await authorized_payment(orders)
     waiting = await orders.store.open_orders(new)
     assert sorted(o.payment_order_id for o in waiting) == sorted(n.order.payment_order_id for n in new)
-    assert {(o.status, o.retry_count, o.psp_key_attempt) for o in waiting} == {(PaymentOrderStatus.CAPTURE_REQUESTED, 0, 0)}
+    assert {(o.status, o.retry_count, o.psp_key_attempt) for o in waiting} == {
+        (PaymentOrderStatus.CAPTURE_REQUESTED, 0, 0)
+    }
     again = await orders.store.open_orders(new)  # a repeat (or a crash before attempt 0): still waiting
     assert sorted(o.payment_order_id for o in again) == sorted(o.payment_order_id for o in waiting)
     await orders.store.save_attempts([answered(waiting[0], CaptureResult.UNKNOWN)], [])
@@ -152,7 +158,11 @@ async def test_orders_are_created_once_and_only_waiting_ones_come_back(orders: O
 async def test_attempts_are_saved_guarded_and_finish_the_payment_with_their_events(orders: Orders) -> None:
     p, new = await authorized_payment(orders, 1000, 2000, 3000)
     a, b, c = sorted(await orders.store.open_orders(new), key=lambda o: o.amount.amount_minor)
-    changes = [answered(a, CaptureResult.CAPTURED), answered(b, CaptureResult.DECLINED), answered(c, CaptureResult.RETRYABLE)]
+    changes = [
+        answered(a, CaptureResult.CAPTURED),
+        answered(b, CaptureResult.DECLINED),
+        answered(c, CaptureResult.RETRYABLE),
+    ]
     applied = await orders.store.save_attempts(changes, [finalized(a), finalized(b)])
     assert applied == {a.payment_order_id, b.payment_order_id, c.payment_order_id}
     assert (await orders.payments.get(p.payment_id)).status is PaymentStatus.AUTHORIZED  # c is still open
@@ -167,18 +177,28 @@ async def test_attempts_are_saved_guarded_and_finish_the_payment_with_their_even
     done = answered(current, CaptureResult.CAPTURED, at=T0 + timedelta(seconds=9))
     assert await orders.store.save_attempts([done], [finalized(done[0])]) == {c.payment_order_id}
     payment = await orders.payments.get(p.payment_id)
-    assert (payment.status, payment.captured.amount_minor, payment.orders_open) == (PaymentStatus.CAPTURED_PARTIALLY, 4000, 0)
+    assert (payment.status, payment.captured.amount_minor, payment.orders_open) == (
+        PaymentStatus.CAPTURED_PARTIALLY,
+        4000,
+        0,
+    )
     assert payment.updated_at == T0 + timedelta(seconds=9)
     assert sorted(await orders.outbox()) == sorted(
-        f"{o.public_id}:payment_order_finalized:{s}" for o, s in [(a, "CAPTURED"), (b, "CAPTURE_FAILED"), (c, "CAPTURED")]
+        f"{o.public_id}:payment_order_finalized:{s}"
+        for o, s in [(a, "CAPTURED"), (b, "CAPTURE_FAILED"), (c, "CAPTURED")]
     )
 
 
-@pytest.mark.parametrize(("results", "status"), [
-    ([CaptureResult.CAPTURED, CaptureResult.CAPTURED], PaymentStatus.CAPTURED),
-    ([CaptureResult.DECLINED, CaptureResult.DECLINED], PaymentStatus.CAPTURE_FAILED),
-])
-async def test_the_roll_up_follows_the_domain_rule(orders: Orders, results: list[CaptureResult], status: PaymentStatus) -> None:
+@pytest.mark.parametrize(
+    ("results", "status"),
+    [
+        ([CaptureResult.CAPTURED, CaptureResult.CAPTURED], PaymentStatus.CAPTURED),
+        ([CaptureResult.DECLINED, CaptureResult.DECLINED], PaymentStatus.CAPTURE_FAILED),
+    ],
+)
+async def test_the_roll_up_follows_the_domain_rule(
+    orders: Orders, results: list[CaptureResult], status: PaymentStatus
+) -> None:
     p, new = await authorized_payment(orders)
     waiting = sorted(await orders.store.open_orders(new), key=lambda o: o.amount.amount_minor)
     for order, result in zip(waiting, results, strict=True):  # one batch each, as concurrent retries would
@@ -186,7 +206,9 @@ async def test_the_roll_up_follows_the_domain_rule(orders: Orders, results: list
     expected = Payment.create(payment_id=1, buyer_id="b", order_id="o", total=p.total, lines=p.lines, now=T0)
     expected.authorize(T0)
     for order in waiting:
-        expected.record_order_outcome(captured=order.amount if order.status is PaymentOrderStatus.CAPTURED else None, now=T0)
+        expected.record_order_outcome(
+            captured=order.amount if order.status is PaymentOrderStatus.CAPTURED else None, now=T0
+        )
     payment = await orders.payments.get(p.payment_id)
     assert (payment.status, payment.captured, payment.orders_open) == (expected.status, expected.captured, 0)
     assert payment.status is status
@@ -207,7 +229,9 @@ async def test_overdue_retries_until_dispatched_and_unknown_outcomes_are_counted
         assert locked[a.payment_order_id][1:] == ("t" * 32, "tp")
         await tx.mark_dispatched([a.payment_order_id])
         await tx.commit()
-    assert await orders.store.overdue_retries(before=T0 + timedelta(seconds=2), limit=10) == [(b.payment_order_id, 1, due_ms)]
+    assert await orders.store.overdue_retries(before=T0 + timedelta(seconds=2), limit=10) == [
+        (b.payment_order_id, 1, due_ms)
+    ]
     # quiet for longer than the schedule allows: a dispatched retry that never ran, and a due one
     # nobody dispatched, are both stuck
     assert [o.payment_order_id for o in await orders.store.stuck_orders(unchanged_since=T0, limit=10)] == []

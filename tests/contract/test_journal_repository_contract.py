@@ -73,7 +73,9 @@ async def ledger(request: pytest.FixtureRequest, fresh_database: str) -> AsyncIt
     pool = await create_pool(fresh_database, min_size=1, max_size=4, application_name="contract")
 
     async def pg_counts() -> tuple[int, int]:
-        row = await pool.fetchrow("SELECT (SELECT count(*) FROM journal_entries) AS j, (SELECT count(*) FROM postings) AS p")
+        row = await pool.fetchrow(
+            "SELECT (SELECT count(*) FROM journal_entries) AS j, (SELECT count(*) FROM postings) AS p"
+        )
         return row["j"], row["p"]
 
     async def pg_outbox() -> list[str]:
@@ -122,7 +124,9 @@ async def test_within_one_unit_of_work_a_repeat_finds_the_journal_written_earlie
 
 
 async def test_the_first_of_two_journals_with_one_id_in_one_call_is_the_one_written(ledger: Ledger) -> None:
-    stored = await record(ledger, (journals.auth_hold(11, eur(100)), ref(11)), (journals.auth_hold(11, eur(200)), ref(11)))
+    stored = await record(
+        ledger, (journals.auth_hold(11, eur(100)), ref(11)), (journals.auth_hold(11, eur(200)), ref(11))
+    )
     assert [p.amount_minor for p in stored["AUTH:11"].journal.postings] == [100, 100]
     again = await record(ledger, (journals.auth_hold(11, eur(300)), ref(11)))
     assert [p.amount_minor for p in again["AUTH:11"].journal.postings] == [100, 100]
@@ -154,7 +158,10 @@ async def test_postings_come_back_in_recording_order_with_their_signed_amounts(l
         ("MERCHANT_PAYABLE.SELLER-111.EUR", D, 50, -50),
         ("PLATFORM_COMMISSION_REVENUE.GLOBAL.EUR", C, 50, 50),
     ]
-    assert (stored["CAPTURE:71"].journal.type, stored["CAPTURE:71"].journal.name) == (journals.JournalType.CAPTURE, "Payment Capture")
+    assert (stored["CAPTURE:71"].journal.type, stored["CAPTURE:71"].journal.name) == (
+        journals.JournalType.CAPTURE,
+        "Payment Capture",
+    )
     assert stored["COMMISSION:71"].journal.currency is Currency.EUR
     assert await ledger.counts() == (3, 8)
 

@@ -75,7 +75,11 @@ async def test_add_then_get_round_trips(subject: Subject) -> None:
     got = await subject.store.get(p.payment_id)
     assert got is not None
     assert (got.payment_id, got.buyer_id, got.order_id, got.total, got.status) == (
-        p.payment_id, "B", "O", EUR3000, PaymentStatus.PENDING_AUTH,
+        p.payment_id,
+        "B",
+        "O",
+        EUR3000,
+        PaymentStatus.PENDING_AUTH,
     )
     assert got.lines == p.lines and got.created_at == T0
 
@@ -139,8 +143,12 @@ async def test_pending_authorizations_are_claimed_once_per_lease(subject: Subjec
     fresh = a_payment(buyer="B6", at=datetime.now(UTC) + timedelta(minutes=5))
     await add(subject, old)
     await add(subject, fresh)
-    claimed = await subject.store.claim_pending_authorizations(created_before=datetime.now(UTC), lease_ms=60_000, limit=10)
+    claimed = await subject.store.claim_pending_authorizations(
+        created_before=datetime.now(UTC), lease_ms=60_000, limit=10
+    )
     assert [c.payment.payment_id for c in claimed] == [old.payment_id]
     assert claimed[0].trace_id == "t" * 32
-    again = await subject.store.claim_pending_authorizations(created_before=datetime.now(UTC), lease_ms=60_000, limit=10)
+    again = await subject.store.claim_pending_authorizations(
+        created_before=datetime.now(UTC), lease_ms=60_000, limit=10
+    )
     assert again == []

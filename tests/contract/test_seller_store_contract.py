@@ -84,7 +84,12 @@ async def test_the_list_is_ordered_by_seller_id(store: Any) -> None:
     for seller_id in ("SELLER-999", "SELLER-000", "SELLER-5"):
         assert await store.add(OnboardSeller(seller_id, Currency.USD, 100)) is not None
     assert [s.seller_id for s in await store.list()] == [
-        "SELLER-000", "SELLER-111", "SELLER-222", "SELLER-333", "SELLER-5", "SELLER-999",
+        "SELLER-000",
+        "SELLER-111",
+        "SELLER-222",
+        "SELLER-333",
+        "SELLER-5",
+        "SELLER-999",
     ]
 
 
@@ -127,11 +132,16 @@ async def test_the_cache_answers_from_memory_within_its_ttl(store: Any) -> None:
     assert await ids(cache, "SELLER-111", "SELLER-NOPE") == [("SELLER-111", ACTIVE)]
     assert counted.reads == [["SELLER-111", "SELLER-NOPE"]]
     clock.advance(ms=1000)  # still within the TTL
-    assert await ids(cache, "SELLER-NOPE", "SELLER-111", "SELLER-111") == [("SELLER-111", ACTIVE), ("SELLER-111", ACTIVE)]
+    assert await ids(cache, "SELLER-NOPE", "SELLER-111", "SELLER-111") == [
+        ("SELLER-111", ACTIVE),
+        ("SELLER-111", ACTIVE),
+    ]
     assert await cache.commission_bps(["SELLER-111", "SELLER-NOPE"]) == {"SELLER-111": 500}
     assert counted.reads == [["SELLER-111", "SELLER-NOPE"]]  # unknown sellers are remembered too
     assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-222") == [
-        ("SELLER-111", ACTIVE), ("SELLER-222", ACTIVE), ("SELLER-222", ACTIVE),
+        ("SELLER-111", ACTIVE),
+        ("SELLER-222", ACTIVE),
+        ("SELLER-222", ACTIVE),
     ]
     assert counted.reads == [["SELLER-111", "SELLER-NOPE"], ["SELLER-222"]]  # only what it did not hold, once
 
@@ -140,19 +150,27 @@ async def test_a_change_behind_the_cache_shows_after_forget_or_the_ttl(store: An
     clock = FixedClock(T0)
     counted = Counted(store)
     cache = CachedSellers(counted, clock=clock, ttl_ms=1000)  # type: ignore[arg-type]
-    assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-444") == [("SELLER-111", ACTIVE), ("SELLER-222", ACTIVE)]
+    assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-444") == [
+        ("SELLER-111", ACTIVE),
+        ("SELLER-222", ACTIVE),
+    ]
     # changed elsewhere (another process, the CLI): not seen within the TTL
     await store.set_status("SELLER-111", SUSPENDED)
     await store.set_status("SELLER-222", SUSPENDED)
     await store.add(OnboardSeller("SELLER-444", Currency.EUR, 0))
-    assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-444") == [("SELLER-111", ACTIVE), ("SELLER-222", ACTIVE)]
+    assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-444") == [
+        ("SELLER-111", ACTIVE),
+        ("SELLER-222", ACTIVE),
+    ]
     assert len(counted.reads) == 1
     # changed through this process: forgotten, read again at once
     cache.forget("SELLER-111")
     cache.forget("SELLER-444")
     cache.forget("SELLER-NEVER-ASKED")
     assert await ids(cache, "SELLER-111", "SELLER-222", "SELLER-444") == [
-        ("SELLER-111", SUSPENDED), ("SELLER-222", ACTIVE), ("SELLER-444", ACTIVE),
+        ("SELLER-111", SUSPENDED),
+        ("SELLER-222", ACTIVE),
+        ("SELLER-444", ACTIVE),
     ]
     assert counted.reads[1:] == [["SELLER-111", "SELLER-444"]]
     # past the TTL: read again

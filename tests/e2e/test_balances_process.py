@@ -35,7 +35,11 @@ def traffic(service: ServiceProcess, count: int, *, seed: int) -> int:
         for _ in range(count):
             lines = [(s, rng.randint(1, 20_000)) for s in rng.sample(SELLERS, rng.randint(1, 3))]
             try:
-                r = client.post(f"{service.url}/api/v1/payments", json=payment_body(f"B-{uuid.uuid4().hex[:8]}", "O", lines), headers=headers)
+                r = client.post(
+                    f"{service.url}/api/v1/payments",
+                    json=payment_body(f"B-{uuid.uuid4().hex[:8]}", "O", lines),
+                    headers=headers,
+                )
             except httpx.HTTPError:
                 break
             assert r.status_code == 202, r.text
@@ -48,7 +52,9 @@ async def settle(dsn: str, timeout: float = 90) -> None:
     try:
         deadline = time.monotonic() + timeout
         while True:
-            open_payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')")
+            open_payments = await conn.fetchval(
+                "SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')"
+            )
             unsent = await outbox_backlog(conn)
             unfolded = await conn.fetchval(
                 "SELECT coalesce(max(tx), '0') >= (SELECT folded_tx FROM balance_horizon) FROM journal_entries"
@@ -75,8 +81,12 @@ def reconcile_cli(service: ServiceProcess, *extra: str) -> tuple[int, dict[str, 
 async def assert_books_balance(service: ServiceProcess, dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        sums = {r["account_code"]: r["total"] for r in await conn.fetch(
-            "SELECT account_code, sum(signed_amount_minor) AS total FROM postings GROUP BY account_code")}
+        sums = {
+            r["account_code"]: r["total"]
+            for r in await conn.fetch(
+                "SELECT account_code, sum(signed_amount_minor) AS total FROM postings GROUP BY account_code"
+            )
+        }
         orders = await conn.fetch("SELECT status, amount_minor FROM payment_orders")
         journals = dict(await conn.fetch("SELECT journal_type, count(*) FROM journal_entries GROUP BY journal_type"))
         payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status <> 'DECLINED'")

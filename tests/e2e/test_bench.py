@@ -19,9 +19,28 @@ def test_bench_serve_reports_every_figure_and_a_clean_ledger(fresh_database: str
     env = ServiceProcess(settings_for(fresh_database)).env()  # the environment `serve` would get
     env["MP_PSP_SCENARIO"] = "NORMAL"  # the bench picks BEST_PSP_EVER itself unless told otherwise
     run = subprocess.run(
-        [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "bench", "--serve", "--duration", "3",
-         "--warmup", "1", "--rate", "50", "--stats-wait", "0", "--drain-timeout", "60", "--json"],
-        env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "marketplace_pay.entrypoints.cli",
+            "bench",
+            "--serve",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--rate",
+            "50",
+            "--stats-wait",
+            "0",
+            "--drain-timeout",
+            "60",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
@@ -41,9 +60,20 @@ def test_bench_serve_reports_every_figure_and_a_clean_ledger(fresh_database: str
 async def test_bench_url_that_does_not_answer_is_a_clear_error(fresh_database: str, settings_for: Any) -> None:
     env = ServiceProcess(settings_for(fresh_database)).env()
     run = subprocess.run(
-        [sys.executable, "-m", "marketplace_pay.entrypoints.cli", "bench", "--url", "http://127.0.0.1:9",
-         "--duration", "1"],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "marketplace_pay.entrypoints.cli",
+            "bench",
+            "--url",
+            "http://127.0.0.1:9",
+            "--duration",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert "not reachable" in run.stderr

@@ -23,7 +23,9 @@ from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, ps
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
 
-def create(service: ServiceProcess, count: int, *, amount: Any, seed: int = 7, answers: tuple[int, ...] = (202,)) -> int:
+def create(
+    service: ServiceProcess, count: int, *, amount: Any, seed: int = 7, answers: tuple[int, ...] = (202,)
+) -> int:
     """POST `count` payments; returns how many were answered before the process died."""
     rng = random.Random(seed)
     headers = auth(service.settings.jwt.secret or "", "payment:write")
@@ -32,7 +34,11 @@ def create(service: ServiceProcess, count: int, *, amount: Any, seed: int = 7, a
         for _ in range(count):
             lines = [(s, amount(rng)) for s in rng.sample(SELLERS, rng.randint(1, 3))]
             try:
-                r = client.post(f"{service.url}/api/v1/payments", json=payment_body(f"B-{uuid.uuid4().hex[:8]}", "O", lines), headers=headers)
+                r = client.post(
+                    f"{service.url}/api/v1/payments",
+                    json=payment_body(f"B-{uuid.uuid4().hex[:8]}", "O", lines),
+                    headers=headers,
+                )
             except httpx.HTTPError:
                 break
             assert r.status_code in answers, r.text
@@ -45,10 +51,10 @@ async def wait_settled(dsn: str, *, timeout: float = 60) -> None:
     try:
         deadline = time.monotonic() + timeout
         while True:
-            open_ = await conn.fetchval(
-                "SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')"
+            open_ = await conn.fetchval("SELECT count(*) FROM payments WHERE status IN ('PENDING_AUTH', 'AUTHORIZED')")
+            open_orders = await conn.fetchval(
+                "SELECT count(*) FROM payment_orders WHERE status NOT IN ('CAPTURED', 'CAPTURE_FAILED')"
             )
-            open_orders = await conn.fetchval("SELECT count(*) FROM payment_orders WHERE status NOT IN ('CAPTURED', 'CAPTURE_FAILED')")
             if open_ == 0 and open_orders == 0:
                 return
             if time.monotonic() > deadline:
@@ -135,7 +141,9 @@ async def test_killed_between_the_commit_and_the_retry_being_scheduled(
     service = ServiceProcess(settings)
     processes.append(service)
     # amounts ending in 13 retry on every attempt
-    service.crash("capture.after_commit=kill@2", lambda s: create(s, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13))
+    service.crash(
+        "capture.after_commit=kill@2", lambda s: create(s, 5, amount=lambda rng: rng.randint(1, 80) * 100 + 13)
+    )
     service.start()
     await wait_settled(fresh_database)
     outcome = await assert_consistent(fresh_database, log)
@@ -223,14 +231,18 @@ async def test_a_restart_under_the_same_instance_name_strands_nothing(
     async def burst() -> int:
         accepted = 0
         async with httpx.AsyncClient(timeout=10) as client:
+
             async def one(i: int) -> None:
                 nonlocal accepted
                 try:
-                    body = payment_body(f"B-{uuid.uuid4().hex[:8]}", f"O-{i}", [("SELLER-111", 1000 + i), ("SELLER-222", 2000 + i)])
+                    body = payment_body(
+                        f"B-{uuid.uuid4().hex[:8]}", f"O-{i}", [("SELLER-111", 1000 + i), ("SELLER-222", 2000 + i)]
+                    )
                     r = await client.post(f"{service.url}/api/v1/payments", json=body, headers=headers)
                     accepted += r.status_code == 202
                 except httpx.HTTPError:
                     pass
+
             await asyncio.gather(*(one(i) for i in range(60)))
         return accepted
 

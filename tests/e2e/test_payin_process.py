@@ -178,14 +178,20 @@ async def test_sigterm_lets_in_flight_requests_finish(
 
 
 @pytest.mark.slow
-async def test_the_embedded_default_runs_with_nothing_configured(tmp_path: Path, processes: list[ServiceProcess]) -> None:
+async def test_the_embedded_default_runs_with_nothing_configured(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
     """`marketplace-pay serve` with no DATABASE_URL/REDIS_URL: embedded PostgreSQL and Redis,
     data kept across a restart."""
     from marketplace_pay.settings import Settings
 
     settings = Settings().with_(data_dir=tmp_path / "data", jwt_secret=None)
     service = ServiceProcess(settings)
-    env = {k: v for k, v in service.env().items() if k not in ("DATABASE_URL", "REDIS_URL", "MP_JWT_SECRET", "MP_REDIS_PREFIX")}
+    env = {
+        k: v
+        for k, v in service.env().items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "MP_JWT_SECRET", "MP_REDIS_PREFIX")
+    }
     service.env = lambda: env  # type: ignore[method-assign]
     processes.append(service)
     service.start(timeout=60)

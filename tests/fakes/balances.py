@@ -110,9 +110,15 @@ class FakeBalanceStore:
         if not self._exists(account_code):
             return None
         currency = account_code.rsplit(".", 1)[-1]
-        unfolded = sum(
-            e.signed_amount_minor for e, _ in self._entries() if e.account_code == account_code and e.tx >= self.folded_tx
-        ) if with_unfolded else 0
+        unfolded = (
+            sum(
+                e.signed_amount_minor
+                for e, _ in self._entries()
+                if e.account_code == account_code and e.tx >= self.folded_tx
+            )
+            if with_unfolded
+            else 0
+        )
         balance = self.balances.get(account_code, 0)
         return Snapshot(account_code, currency, balance, self.folded_tx, self.updated.get(account_code), unfolded)
 

@@ -72,7 +72,10 @@ class FakeJournalRepository:
         for journal, ref in items:
             if journal.journal_id not in self._t.journals:
                 self._t.seq += 1
-                self._t.journals[journal.journal_id] = (StoredJournal(journal, self._t.seq, self._tx, self._clock.now()), ref)
+                self._t.journals[journal.journal_id] = (
+                    StoredJournal(journal, self._t.seq, self._tx, self._clock.now()),
+                    ref,
+                )
             out[journal.journal_id] = self._t.journals[journal.journal_id][0]
         return out
 
@@ -86,7 +89,11 @@ class FakeLedgerUnitOfWork(FakeUnitOfWork):
 
 def postings(tables: Tables) -> list[tuple[Any, Any]]:
     """(stored journal, posting) of every journal, in recording order."""
-    return [(stored, p) for stored, _ in sorted(tables.journals.values(), key=lambda j: j[0].seq) for p in stored.journal.postings]
+    return [
+        (stored, p)
+        for stored, _ in sorted(tables.journals.values(), key=lambda j: j[0].seq)
+        for p in stored.journal.postings
+    ]
 
 
 class FakeLedgerReads:
@@ -102,36 +109,55 @@ class FakeLedgerReads:
                 continue
             for i, p in enumerate(stored.journal.postings):
                 ccy = stored.journal.currency.value
-                lines.append((stored, PostingLine(
-                    posting_id=str(stored.seq * 100 + i),
-                    journal_entry_id=stored.journal.journal_id,
-                    journal_type=stored.journal.type.value,
-                    account_code=p.account.code,
-                    direction=p.direction.value,
-                    amount=AmountView(p.amount_minor, ccy),
-                    signed_amount=AmountView(p.signed_amount_minor, ccy),
-                    created_at=stored.created_at,
-                    payment_id=public_payment_id(ref.payment_id),
-                    payment_order_id=public_payment_order_id(ref.payment_order_id) if ref.payment_order_id else None,
-                )))
+                lines.append(
+                    (
+                        stored,
+                        PostingLine(
+                            posting_id=str(stored.seq * 100 + i),
+                            journal_entry_id=stored.journal.journal_id,
+                            journal_type=stored.journal.type.value,
+                            account_code=p.account.code,
+                            direction=p.direction.value,
+                            amount=AmountView(p.amount_minor, ccy),
+                            signed_amount=AmountView(p.signed_amount_minor, ccy),
+                            created_at=stored.created_at,
+                            payment_id=public_payment_id(ref.payment_id),
+                            payment_order_id=public_payment_order_id(ref.payment_order_id)
+                            if ref.payment_order_id
+                            else None,
+                        ),
+                    )
+                )
         return lines
 
     async def account_exists(self, account_code: str) -> bool:
         return any(line.account_code == account_code for _, line in self._lines())
 
-    async def postings(self, account_code: str, *, limit: int, before_posting_id: int | None) -> tuple[list[PostingLine], bool]:
+    async def postings(
+        self, account_code: str, *, limit: int, before_posting_id: int | None
+    ) -> tuple[list[PostingLine], bool]:
         lines = [
-            line for _, line in reversed(self._lines())
-            if line.account_code == account_code and (before_posting_id is None or int(line.posting_id) < before_posting_id)
+            line
+            for _, line in reversed(self._lines())
+            if line.account_code == account_code
+            and (before_posting_id is None or int(line.posting_id) < before_posting_id)
         ]
         return lines[:limit], len(lines) > limit
 
     async def payment_journals(self, payment_id: int) -> list[JournalView]:
         views: dict[str, JournalView] = {}
         for stored, line in self._lines(payment_id):
-            view = views.setdefault(line.journal_entry_id, JournalView(
-                journal_entry_id=line.journal_entry_id, journal_type=line.journal_type, name=stored.journal.name,
-                ledger_seq=stored.seq, created_at=stored.created_at, payment_order_id=line.payment_order_id, postings=[],
-            ))
+            view = views.setdefault(
+                line.journal_entry_id,
+                JournalView(
+                    journal_entry_id=line.journal_entry_id,
+                    journal_type=line.journal_type,
+                    name=stored.journal.name,
+                    ledger_seq=stored.seq,
+                    created_at=stored.created_at,
+                    payment_order_id=line.payment_order_id,
+                    postings=[],
+                ),
+            )
             view.postings.append(line)
         return list(views.values())

@@ -112,7 +112,9 @@ class FakeCaptureStore:
         t = self._db.tables
         for new in orders:
             if new.order.payment_order_id not in t.orders:
-                t.orders[new.order.payment_order_id] = StoredOrder(copy.deepcopy(new.order), new.trace_id, new.traceparent)
+                t.orders[new.order.payment_order_id] = StoredOrder(
+                    copy.deepcopy(new.order), new.trace_id, new.traceparent
+                )
         self._db.next_xid()
         waiting = [t.orders[n.order.payment_order_id].order for n in orders]
         return [
@@ -177,7 +179,11 @@ class FakeCaptureStore:
 class FakeRetryUnitOfWork(FakeUnitOfWork):
     async def lock_orders(self, payment_order_ids: Sequence[int]) -> dict[int, tuple[PaymentOrder, str, str | None]]:
         orders = self.tables.orders
-        return {i: (copy.deepcopy(orders[i].order), orders[i].trace_id, orders[i].traceparent) for i in payment_order_ids if i in orders}
+        return {
+            i: (copy.deepcopy(orders[i].order), orders[i].trace_id, orders[i].traceparent)
+            for i in payment_order_ids
+            if i in orders
+        }
 
     async def mark_dispatched(self, payment_order_ids: Sequence[int], *, touch: bool = False) -> None:
         now = self._db.clock.now()
@@ -249,7 +255,9 @@ class ScriptedAuthorizationGateway:
             await asyncio.sleep(3600)
         return self.outcome
 
-    async def authorization_status(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome | None:
+    async def authorization_status(
+        self, *, payment_id: int, buyer_id: str, amount: Money
+    ) -> AuthorizationOutcome | None:
         self.status_calls.append(payment_id)
         return self.known.get(payment_id)
 
@@ -299,7 +307,9 @@ class ScriptedCaptureGateway:
             raise PspTimeout(idempotency_key)
         return did
 
-    async def capture_status(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome | None:
+    async def capture_status(
+        self, *, idempotency_key: str, payment_order_id: str, amount: Money
+    ) -> CaptureOutcome | None:
         did = self.done.get(idempotency_key)
         answered = self.lose_status_answers <= 0
         self.lose_status_answers -= 1

@@ -46,9 +46,7 @@ async def create_payments(svc: Service, count: int, *, seed: int = 1, amount: An
 
 async def wait_all_terminal(svc: Service, payment_ids: list[str], *, timeout: float) -> None:
     async def done() -> bool:
-        n = await svc.fetchval(
-            "SELECT count(*) FROM payments WHERE status = ANY($1::text[])", list(TERMINAL_PAYMENT)
-        )
+        n = await svc.fetchval("SELECT count(*) FROM payments WHERE status = ANY($1::text[])", list(TERMINAL_PAYMENT))
         return n >= len(payment_ids)
 
     await svc.until(done, timeout=timeout, interval=0.2)
@@ -61,7 +59,9 @@ async def test_normal_scenario_every_payment_finishes_and_matches_what_the_psp_s
     async with start_service(settings) as svc:
         ids = await create_payments(svc, 200)
         await wait_all_terminal(svc, ids, timeout=120)
-        orders = await svc.fetch("SELECT payment_order_id, payment_id, status, retry_count, amount_minor FROM payment_orders")
+        orders = await svc.fetch(
+            "SELECT payment_order_id, payment_id, status, retry_count, amount_minor FROM payment_orders"
+        )
         payments = await svc.fetch("SELECT payment_id, status, captured_amount_minor, orders_open FROM payments")
         finalized = await svc.fetch(
             """SELECT msg_key, count(DISTINCT event_id) AS n FROM outbox
@@ -78,9 +78,7 @@ async def test_normal_scenario_every_payment_finishes_and_matches_what_the_psp_s
         by_order[call.paymentOrderId or ""].append(call.result)
     assert max(len(v) for v in by_order.values()) <= 6
     captured_by_psp = {o for o, results in by_order.items() if "CAPTURED" in results}
-    failed_by_psp = {
-        o for o, results in by_order.items() if "DECLINED" in results or results == ["RETRYABLE"] * 6
-    }
+    failed_by_psp = {o for o, results in by_order.items() if "DECLINED" in results or results == ["RETRYABLE"] * 6}
     assert {public(o["payment_order_id"]) for o in orders if o["status"] == "CAPTURED"} == captured_by_psp
     assert {public(o["payment_order_id"]) for o in orders if o["status"] == "CAPTURE_FAILED"} == failed_by_psp
     # each order was sent to the PSP once per attempt, and its retry count says how often it retried
@@ -139,7 +137,14 @@ async def test_the_database_refuses_to_move_a_terminal_order(fresh_database: str
 
 async def test_redis_flushed_with_retries_pending_loses_none(fresh_database: str, settings_for: Any) -> None:
     # amounts ending in 13 retry on every attempt: 6 PSP calls each, then CAPTURE_FAILED
-    settings = fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", retry_base_ms=400, retry_cap_ms=800, retry_requeue_after_ms=300)
+    settings = fast(
+        settings_for,
+        fresh_database,
+        psp_scenario="BEST_PSP_EVER",
+        retry_base_ms=400,
+        retry_cap_ms=800,
+        retry_requeue_after_ms=300,
+    )
     async with start_service(settings) as svc:
         ids = await create_payments(svc, 10, amount=lambda rng: rng.randint(1, 90) * 100 + 13)
         retries = RedisRetryQueue(svc.resources.redis, prefix=settings.redis.prefix)
@@ -157,7 +162,14 @@ async def test_redis_flushed_with_retries_pending_loses_none(fresh_database: str
 
 
 async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: str, settings_for: Any) -> None:
-    settings = fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", retry_base_ms=300, retry_cap_ms=300, retry_poll_ms=60_000)
+    settings = fast(
+        settings_for,
+        fresh_database,
+        psp_scenario="BEST_PSP_EVER",
+        retry_base_ms=300,
+        retry_cap_ms=300,
+        retry_poll_ms=60_000,
+    )
     async with start_service(settings) as svc:
         ids = await create_payments(svc, 10, amount=lambda rng: rng.randint(1, 90) * 100 + 13)
         retries = RedisRetryQueue(svc.resources.redis, prefix=settings.redis.prefix)
@@ -170,14 +182,18 @@ async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: s
             await asyncio.sleep(0.35)
             await svc.container.payments.requeue_lost_retries()
             await asyncio.gather(*(svc.container.payments.dispatch_due_retries() for _ in range(4)))
-            waiting = await svc.fetch("SELECT payment_order_id, retry_count FROM payment_orders WHERE status = 'PENDING_CAPTURE'")
+            waiting = await svc.fetch(
+                "SELECT payment_order_id, retry_count FROM payment_orders WHERE status = 'PENDING_CAPTURE'"
+            )
             await retries.schedule([(w["payment_order_id"], w["retry_count"], 0) for w in waiting])  # duplicates
         for _ in range(20):
             await asyncio.sleep(0.35)
             await asyncio.gather(*(svc.container.payments.dispatch_due_retries() for _ in range(4)))
         await wait_all_terminal(svc, ids, timeout=30)
         commands = await svc.fetch("SELECT event_id FROM outbox WHERE event_type = 'capture_payment_order'")
-        orders = await svc.fetchval("SELECT count(*) FROM payment_orders WHERE status = 'CAPTURE_FAILED' AND retry_count = 5")
+        orders = await svc.fetchval(
+            "SELECT count(*) FROM payment_orders WHERE status = 'CAPTURE_FAILED' AND retry_count = 5"
+        )
         calls = Counter(c.key for c in psp_calls(settings.psp.call_log, "capture"))
     assert len(commands) == len({c["event_id"] for c in commands}) == orders * 5  # one command per retry
     assert set(calls.values()) == {1}  # every (order, attempt) reached the PSP once

@@ -116,7 +116,13 @@ async def test_hostile_payment_headers(svc: Service, headers: list[tuple[bytes, 
 
 @pytest.mark.parametrize(
     "traceparent",
-    [b"\xff\xfe", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01", b"not-a-traceparent", b"ff-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01", b"x" * 10_000],
+    [
+        b"\xff\xfe",
+        b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01",
+        b"not-a-traceparent",
+        b"ff-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
+        b"x" * 10_000,
+    ],
     ids=["not UTF-8", "all-zero ids", "garbage", "version ff", "10 kB"],
 )
 async def test_a_broken_traceparent_is_ignored(svc: Service, traceparent: bytes) -> None:
@@ -235,16 +241,16 @@ async def test_hostile_seller_updates_change_nothing(svc: Service, raw: bytes) -
     )
     assert_problem(r, 400)
     assert await svc.fetchval("SELECT status FROM accounts WHERE entity_id = 'SELLER-333'") == "ACTIVE"
-    r = await svc.client.patch(
-        "/api/v1/sellers/a%00b", json={"status": "SUSPENDED"}, headers=svc.auth("ADMIN")
-    )
+    r = await svc.client.patch("/api/v1/sellers/a%00b", json={"status": "SUSPENDED"}, headers=svc.auth("ADMIN"))
     assert_problem(r, 404)
 
 
 async def test_a_whole_number_written_as_a_float_is_that_integer(svc: Service) -> None:
     body = json.dumps(payment_body("BUYER-FLOAT-1", "ORDER-FLOAT-1")).replace("3000", "3000.0").replace("1000", "1e3")
     r = await svc.client.post(
-        "/api/v1/payments", content=body.encode(), headers=svc.auth("payment:write") | {"content-type": "application/json"}
+        "/api/v1/payments",
+        content=body.encode(),
+        headers=svc.auth("payment:write") | {"content-type": "application/json"},
     )
     assert r.status_code == 202, r.text
     assert r.json()["totalAmount"] == {"quantity": 3000, "currency": "EUR"}
@@ -252,7 +258,9 @@ async def test_a_whole_number_written_as_a_float_is_that_integer(svc: Service) -
 
 async def test_a_seller_id_outside_latin_1_gets_a_usable_location(svc: Service) -> None:
     r = await svc.client.post(
-        "/api/v1/sellers", json={"sellerId": "SELLER-Ωμέγα", "currency": "EUR", "commissionBps": 0}, headers=svc.auth("ADMIN")
+        "/api/v1/sellers",
+        json={"sellerId": "SELLER-Ωμέγα", "currency": "EUR", "commissionBps": 0},
+        headers=svc.auth("ADMIN"),
     )
     assert r.status_code == 201, r.text
     assert r.headers["location"] == "/api/v1/sellers/SELLER-%CE%A9%CE%BC%CE%AD%CE%B3%CE%B1"

@@ -39,7 +39,9 @@ async def test_a_vanished_holders_id_waits_until_its_heartbeat_is_stale(fresh_da
         gen_a = LeasedIdGenerator(a, holder="proc-a", preferred=9, stale_after_s=1.0)
         assert await gen_a.acquire() == 9
         # proc-a's session dies (network cut, database restart): its advisory lock is gone...
-        await b.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'proc-a:locks'")
+        await b.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'proc-a:locks'"
+        )
         # ...but its heartbeat is fresh, so nobody takes id 9 while proc-a may still be minting.
         gen_b = LeasedIdGenerator(b, holder="proc-b", preferred=9, stale_after_s=1.0)
         assert await gen_b.acquire() == 10
@@ -60,7 +62,9 @@ async def test_the_heartbeat_re_leases_after_a_lost_session(fresh_database: str)
     try:
         gen = LeasedIdGenerator(a, holder="proc-a", preferred=12, stale_after_s=1.0)
         await gen.acquire()
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'proc-a:locks'")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'proc-a:locks'"
+        )
         with pytest.raises(Exception):  # noqa: B017 - asyncpg reports a killed session in several ways
             await gen.heartbeat()  # notices the dead session
         assert a.generation == 1

@@ -19,7 +19,9 @@ TERMINAL = ("CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED")
 
 
 def fast(settings_for: Any, dsn: str, **overrides: Any) -> Any:
-    return settings_for(dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20, "balance_fold_ms": 200} | overrides))
+    return settings_for(
+        dsn, **({"retry_base_ms": 40, "retry_cap_ms": 300, "retry_poll_ms": 20, "balance_fold_ms": 200} | overrides)
+    )
 
 
 async def pay_many(svc: Service, count: int, *, seed: int, currency_of: Any = None) -> list[str]:
@@ -47,7 +49,9 @@ async def settled(svc: Service, n: int, timeout: float = 120) -> None:
     await svc.until(done, timeout=timeout, interval=0.2)
 
 
-async def test_500_payments_seller_balances_equal_captures_minus_commission(fresh_database: str, settings_for: Any) -> None:
+async def test_500_payments_seller_balances_equal_captures_minus_commission(
+    fresh_database: str, settings_for: Any
+) -> None:
     async with start_service(fast(settings_for, fresh_database, psp_scenario="NORMAL")) as svc:
         await pay_many(svc, 500, seed=11)
         await settled(svc, 500)
@@ -93,7 +97,9 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
                 seq,
             )
         report = await svc.container.balances.reconcile(grace_s=0)
-        assert [(d.check, d.subject, d.actual_minor) for d in report.drift] == [("auth-open", f"{pid}:AUTH_RECEIVABLE", 10)]
+        assert [(d.check, d.subject, d.actual_minor) for d in report.drift] == [
+            ("auth-open", f"{pid}:AUTH_RECEIVABLE", 10)
+        ]
         assert not (await svc.container.balances.reconcile(grace_s=3600)).drift  # too recent to judge yet
         assert r.status_code == 202
 
@@ -206,8 +212,12 @@ async def test_statement_pages_newest_first_without_gaps_or_repeats(fresh_databa
                 assert page["nextCursor"] is None
                 break
             after = page["nextCursor"]
-        expected = [r["posting_id"] for r in await svc.fetch(
-            "SELECT posting_id FROM postings WHERE account_code = $1 ORDER BY posting_id DESC", code)]
+        expected = [
+            r["posting_id"]
+            for r in await svc.fetch(
+                "SELECT posting_id FROM postings WHERE account_code = $1 ORDER BY posting_id DESC", code
+            )
+        ]
         assert seen == expected and len(seen) > 7
         for bad in ("limit=0", "limit=501", "limit=x", "after=abc", "after=-1"):
             r = await svc.client.get(f"/api/v1/accounts/{code}/postings?{bad}", headers=finance)
@@ -219,36 +229,57 @@ async def test_journal_entries_of_a_payment(fresh_database: str, settings_for: A
         r = await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-111", 1000), ("SELLER-222", 2066)]))
         pid = r.json()["paymentId"]
         await settled(svc, 1)
-        entries = (await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("FINANCE"))).json()["data"]
-        assert [e["journalType"] for e in entries] == ["AUTH_HOLD", "CAPTURE", "COMMISSION_FEE", "AUTH_RELEASE"] or sorted(
-            e["journalType"] for e in entries
-        ) == sorted(["AUTH_HOLD", "CAPTURE", "COMMISSION_FEE", "AUTH_RELEASE"])
+        entries = (await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("FINANCE"))).json()[
+            "data"
+        ]
+        assert [e["journalType"] for e in entries] == [
+            "AUTH_HOLD",
+            "CAPTURE",
+            "COMMISSION_FEE",
+            "AUTH_RELEASE",
+        ] or sorted(e["journalType"] for e in entries) == sorted(
+            ["AUTH_HOLD", "CAPTURE", "COMMISSION_FEE", "AUTH_RELEASE"]
+        )
         for e in entries:
             debits = sum(p["amount"]["quantity"] for p in e["postings"] if p["direction"] == "DEBIT")
             credits = sum(p["amount"]["quantity"] for p in e["postings"] if p["direction"] == "CREDIT")
             assert debits == credits
-        assert (await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("payment:read"))).status_code == 403
-        assert (await svc.client.get("/api/v1/payments/pay_AAAAAAAAAAE/journal-entries", headers=svc.auth("FINANCE"))).status_code == 404
+        assert (
+            await svc.client.get(f"/api/v1/payments/{pid}/journal-entries", headers=svc.auth("payment:read"))
+        ).status_code == 403
+        assert (
+            await svc.client.get("/api/v1/payments/pay_AAAAAAAAAAE/journal-entries", headers=svc.auth("FINANCE"))
+        ).status_code == 404
 
 
 async def test_balance_events_twice_and_out_of_order_on_real_redis(fresh_database: str, settings_for: Any) -> None:
-    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)) as svc:
+    async with start_service(
+        fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)
+    ) as svc:
         await pay_many(svc, 10, seed=4)
         await settled(svc, 10)
         from marketplace_pay.infra.codec import decode_envelope
         from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
 
-        rows = await svc.fetch("SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY tx, id")
+        rows = await svc.fetch(
+            "SELECT payload FROM outbox WHERE event_type = 'ledger_entries_recorded' ORDER BY tx, id"
+        )
         events = [decode_envelope(r["payload"], LedgerEntriesRecorded) for r in rows]
         [apply] = [s.handler for s in svc.container.subscriptions if s.event is LedgerEntriesRecorded]
-        before = {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        before = {
+            s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS
+        }
         await apply(list(reversed(events)) + events)
         await asyncio.gather(*(apply([e]) for e in events))
-        after = {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS}
+        after = {
+            s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS
+        }
         assert after == before
         await svc.container.balances.fold()
         await apply(events)  # after the fold: below the horizon, ignored
-        assert {s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS} == before
+        assert {
+            s: (await svc.container.balances.of_account(f"MERCHANT_PAYABLE.{s}.EUR")).balance_minor for s in SELLERS
+        } == before
         assert (await svc.container.balances.reconcile()).ok
 
 
@@ -259,7 +290,9 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
     (concurrent writers on GLOBAL accounts). Here a journal that holds its seq open while later
     ones commit and are folded is not folded before it commits — and is folded after; nobody
     waits for it meanwhile."""
-    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)) as svc:
+    async with start_service(
+        fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", balance_fold_ms=3_600_000)
+    ) as svc:
         pool = svc.resources.pool
         slow = await pool.acquire()
         try:
@@ -291,7 +324,9 @@ async def test_hot_accounts_never_lose_a_posting_whose_id_is_below_one_already_f
         await svc.container.balances.fold()
         report = await svc.container.balances.reconcile()
         assert report.ok, report.drift
-        total = await svc.fetchval("SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'")
+        total = await svc.fetchval(
+            "SELECT sum(signed_amount_minor) FROM postings WHERE account_code = 'PSP_RECEIVABLES.GLOBAL.EUR'"
+        )
         assert (await svc.container.balances.of_account("PSP_RECEIVABLES.GLOBAL.EUR")).balance_minor == total
 
 

@@ -24,7 +24,9 @@ async def test_comments_may_be_reworded_but_statements_may_not_change(fresh_data
         await conn.close()
 
 
-async def test_a_database_migrated_when_comments_counted_is_recognised_and_brought_up_to_date(fresh_database: str) -> None:
+async def test_a_database_migrated_when_comments_counted_is_recognised_and_brought_up_to_date(
+    fresh_database: str,
+) -> None:
     from marketplace_pay.infra.db import _TEXT_CHECKSUMS
 
     conn = await asyncpg.connect(fresh_database)

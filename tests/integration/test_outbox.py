@@ -255,7 +255,9 @@ async def test_two_relays_share_the_shards_and_one_takes_over_when_the_other_die
         await running(relay, bus)
     try:
         deadline = time.monotonic() + 10
-        while len(relays[0].leading) + len(relays[1].leading) < SHARDS or not relays[0].leading or not relays[1].leading:
+        while (
+            len(relays[0].leading) + len(relays[1].leading) < SHARDS or not relays[0].leading or not relays[1].leading
+        ):
             assert time.monotonic() < deadline, "the shards were not shared"
             await asyncio.sleep(0.05)
         assert not relays[0].leading & relays[1].leading
@@ -268,7 +270,9 @@ async def test_two_relays_share_the_shards_and_one_takes_over_when_the_other_die
         await relays[0].stop()
         await buses[0].stop()
         await commit(pool, [ping(f"k{i % 40}", i) for i in range(400, 600)])
-        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-a:locks'")
+        await pool.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-a:locks'"
+        )
         relays[1]._live_instances = lambda: asyncio.sleep(0, 1)  # type: ignore[method-assign]
         await wait_handled(pool, timeout=20)
         assert len(relays[1].leading) == SHARDS
@@ -401,7 +405,9 @@ async def test_partitions_are_dropped_only_once_every_cursor_is_past_them(pool: 
         )
         await partitions.maintain_queue_tables(conn, outbox_retention_s=600, responses_ttl_hours=48)
         assert old in await partitions.partitions(conn, table)  # not handled yet: kept
-        await conn.execute("UPDATE outbox_cursors SET tx = (SELECT max(tx) FROM outbox), id = (SELECT max(id) FROM outbox)")
+        await conn.execute(
+            "UPDATE outbox_cursors SET tx = (SELECT max(tx) FROM outbox), id = (SELECT max(id) FROM outbox)"
+        )
         await partitions.maintain_queue_tables(conn, outbox_retention_s=600, responses_ttl_hours=48)
         remaining = await partitions.partitions(conn, table)
     assert old not in remaining

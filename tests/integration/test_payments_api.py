@@ -55,7 +55,10 @@ async def test_declined_payment_is_402_and_has_no_event(svc: Service) -> None:
     r = await svc.pay(payment_body(uid("DECLINE")))
     assert r.status_code == 402
     assert r.json()["status"] == "DECLINED"
-    assert await svc.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", f"{r.json()['paymentId']}:authorized") == 0
+    assert (
+        await svc.fetchval("SELECT count(*) FROM outbox WHERE event_id = $1", f"{r.json()['paymentId']}:authorized")
+        == 0
+    )
 
 
 async def test_psp_timeout_answers_pending_auth_and_a_job_authorizes_it(svc: Service) -> None:
@@ -102,7 +105,7 @@ async def test_unknown_and_malformed_payment_ids_are_404(svc: Service) -> None:
         (lambda b: b["paymentOrders"][1].update(sellerId="SELLER-111"), "paymentOrders[1].sellerId"),
         (lambda b: b["totalAmount"].update(quantity=2999), "totalAmount.quantity"),
         (
-            lambda b: (b["paymentOrders"][1]["amount"].update(currency="USD")),
+            lambda b: b["paymentOrders"][1]["amount"].update(currency="USD"),
             "paymentOrders[1].amount.currency",
         ),
     ],
@@ -151,9 +154,19 @@ async def test_wrong_content_type_is_415_and_huge_bodies_413(svc: Service) -> No
 async def test_unknown_inactive_and_foreign_currency_sellers_are_422(svc: Service) -> None:
     admin = svc.auth("ADMIN")
     usd, suspended = uid("SELLER-USD"), uid("SELLER-SUSP")
-    assert (await svc.client.post("/api/v1/sellers", json={"sellerId": usd, "currency": "USD", "commissionBps": 0}, headers=admin)).status_code == 201
-    assert (await svc.client.post("/api/v1/sellers", json={"sellerId": suspended, "currency": "EUR", "commissionBps": 0}, headers=admin)).status_code == 201
-    assert (await svc.client.patch(f"/api/v1/sellers/{suspended}", json={"status": "SUSPENDED"}, headers=admin)).status_code == 200
+    assert (
+        await svc.client.post(
+            "/api/v1/sellers", json={"sellerId": usd, "currency": "USD", "commissionBps": 0}, headers=admin
+        )
+    ).status_code == 201
+    assert (
+        await svc.client.post(
+            "/api/v1/sellers", json={"sellerId": suspended, "currency": "EUR", "commissionBps": 0}, headers=admin
+        )
+    ).status_code == 201
+    assert (
+        await svc.client.patch(f"/api/v1/sellers/{suspended}", json={"status": "SUSPENDED"}, headers=admin)
+    ).status_code == 200
     buyer = uid("BUYER")
     body = payment_body(buyer, lines=[("SELLER-NOPE", 10), (usd, 20), (suspended, 30)])
     r = await svc.pay(body)
@@ -206,7 +219,9 @@ async def test_keycloak_realm_roles_are_accepted(svc: Service) -> None:
         svc.settings.jwt.secret or "",
         algorithm="HS256",
     )
-    r = await svc.client.post("/api/v1/payments", json=payment_body(uid("BUYER")), headers={"Authorization": f"Bearer {token}"})
+    r = await svc.client.post(
+        "/api/v1/payments", json=payment_body(uid("BUYER")), headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 202
 
 
@@ -294,11 +309,14 @@ async def test_twenty_concurrent_identical_posts_make_one_payment_one_psp_call_o
         pid = responses[0].json()["paymentId"]
         assert len(psp.calls) == 1
         assert await svc.fetchval("SELECT count(*) FROM payments WHERE buyer_id = $1", body["buyerId"]) == 1
-        assert await svc.fetchval(
-            "SELECT count(*) FROM outbox WHERE event_type = 'payment_authorized' "
-            "AND msg_key = (SELECT payment_id::text FROM payments WHERE buyer_id = $1)",
-            body["buyerId"],
-        ) == 1
+        assert (
+            await svc.fetchval(
+                "SELECT count(*) FROM outbox WHERE event_type = 'payment_authorized' "
+                "AND msg_key = (SELECT payment_id::text FROM payments WHERE buyer_id = $1)",
+                body["buyerId"],
+            )
+            == 1
+        )
         assert sum(1 for r in responses if r.headers.get("idempotent-replayed") == "true") == 19
         assert (await svc.get_payment(pid)).json()["status"] in ("AUTHORIZED", "CAPTURED")
 

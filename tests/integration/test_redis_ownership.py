@@ -11,7 +11,9 @@ from marketplace_pay.infra.resources import claim_redis
 from marketplace_pay.infra.db import create_pool
 
 
-async def test_redis_keys_of_another_database_are_cleared(fresh_database: str, redis_url: str, redis_prefix: str) -> None:
+async def test_redis_keys_of_another_database_are_cleared(
+    fresh_database: str, redis_url: str, redis_prefix: str
+) -> None:
     prefix = f"{redis_prefix}{secrets.token_hex(3)}:"
     pool: asyncpg.Pool = await create_pool(fresh_database, min_size=1, max_size=2, application_name="t")
     client = aioredis.Redis.from_url(redis_url)
@@ -26,7 +28,9 @@ async def test_redis_keys_of_another_database_are_cleared(fresh_database: str, r
         await claim_redis(pool, client, prefix)
         assert await client.get(f"{prefix}bal:horizon") is None
         assert await client.zcard(f"{prefix}retry:queue") == 0
-        assert (await client.get(f"{prefix}database")).decode() == await pool.fetchval("SELECT identity FROM database_identity")
+        assert (await client.get(f"{prefix}database")).decode() == await pool.fetchval(
+            "SELECT identity FROM database_identity"
+        )
     finally:
         await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}*")])
         await client.aclose()

@@ -183,7 +183,9 @@ async def test_the_idempotency_scope_is_the_client_azp_else_sub() -> None:
     verifier = JwtVerifier(secret=SECRET)
 
     def token(**claims: Any) -> str:
-        return pyjwt.encode({"exp": int(time.time()) + 60, "roles": ["payment:write"], **claims}, SECRET, algorithm="HS256")
+        return pyjwt.encode(
+            {"exp": int(time.time()) + 60, "roles": ["payment:write"], **claims}, SECRET, algorithm="HS256"
+        )
 
     alice_app = await verifier.verify(token(sub="alice", azp="shop-frontend"))
     bob_app = await verifier.verify(token(sub="bob", azp="shop-frontend"))

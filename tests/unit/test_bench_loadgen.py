@@ -39,7 +39,7 @@ def test_a_counter_too_wide_for_the_template_is_refused() -> None:
 
 ACCEPTED = (
     b"HTTP/1.1 202 Accepted\r\ndate: x\r\nserver: uvicorn\r\nlocation: /api/v1/payments/pay_A30ce1-gUAA\r\n"
-    b"content-type: application/json\r\ncontent-length: 5\r\n\r\n{\"a\"}"
+    b'content-type: application/json\r\ncontent-length: 5\r\n\r\n{"a"}'
 )
 
 

@@ -69,7 +69,10 @@ async def test_a_timeout_is_retried_with_the_same_key_and_the_capture_it_made_co
     await w.settle()
     [order] = w.orders().values()
     assert (order.status, order.retry_count, order.psp_key_attempt) == (S.CAPTURED, 1, 0)
-    assert [(c.key, c.answered) for c in w.psp.calls] == [(f"{order.public_id}:0", False), (f"{order.public_id}:0", True)]
+    assert [(c.key, c.answered) for c in w.psp.calls] == [
+        (f"{order.public_id}:0", False),
+        (f"{order.public_id}:0", True),
+    ]
     assert set(w.psp.captures_by_key().values()) == {C}  # one key, one capture
     assert w.payment(pid).captured.amount_minor == 1000
 
@@ -140,7 +143,9 @@ async def test_commands_out_of_order_and_late_are_ignored() -> None:
     # Replay the whole history backwards, under new delivery ids (as a broker replay would).
     calls = len(w.psp.calls)
     for env in reversed(list({e.event_id: e for e in w.delivered}.values())):
-        stale = Envelope(**{**{f: getattr(env, f) for f in env.__struct_fields__}, "event_id": env.event_id + ":replayed"})
+        stale = Envelope(
+            **{**{f: getattr(env, f) for f in env.__struct_fields__}, "event_id": env.event_id + ":replayed"}
+        )
         for handler in w.handlers[env.event_type]:
             await handler([stale])
     [after] = w.orders().values()

@@ -15,25 +15,25 @@ from marketplace_pay.shared.errors import ValidationError
 
 #   value                      client id  seller id
 IDS = [
-    ("BUYER-1",                True,      True),
-    ("SELLER-Ωμέγα",           True,      True),
-    ("a b",                    True,      False),   # blanks inside: fine for buyers and orders only
-    ("a/b",                    True,      False),   # a seller id is one path segment
-    ("x" * 128,                True,      True),
-    ("x" * 129,                False,     False),
-    ("",                       False,     False),
-    ("   ",                    False,     False),
-    ("\u3000\u00a0",           False,     False),   # ideographic and no-break spaces are blank
-    ("\ufeff",                 False,     False),   # so is a lone BOM
-    ("a\x00b",                 False,     False),   # PostgreSQL text cannot hold NUL
-    ("a\x1fb",                 False,     False),
-    ("a\x7fb",                 False,     False),
-    ("a\x85b",                 False,     False),   # C1 controls too
-    ("ORDER-1\n",              False,     False),   # Python's `$` would let this one through
-    ("\t",                     False,     False),
-    ("a\ud800",                False,     False),   # unpaired surrogate: not encodable as UTF-8
-    ("\udc00b",                False,     False),
-    ("😀",                     True,      True),    # a pair is one character, not a surrogate
+    ("BUYER-1", True, True),
+    ("SELLER-Ωμέγα", True, True),
+    ("a b", True, False),  # blanks inside: fine for buyers and orders only
+    ("a/b", True, False),  # a seller id is one path segment
+    ("x" * 128, True, True),
+    ("x" * 129, False, False),
+    ("", False, False),
+    ("   ", False, False),
+    ("\u3000\u00a0", False, False),  # ideographic and no-break spaces are blank
+    ("\ufeff", False, False),  # so is a lone BOM
+    ("a\x00b", False, False),  # PostgreSQL text cannot hold NUL
+    ("a\x1fb", False, False),
+    ("a\x7fb", False, False),
+    ("a\x85b", False, False),  # C1 controls too
+    ("ORDER-1\n", False, False),  # Python's `$` would let this one through
+    ("\t", False, False),
+    ("a\ud800", False, False),  # unpaired surrogate: not encodable as UTF-8
+    ("\udc00b", False, False),
+    ("😀", True, True),  # a pair is one character, not a surrogate
 ]
 
 
@@ -117,8 +117,14 @@ def test_nesting_up_to_the_limit_is_read_and_beyond_it_is_not() -> None:
 @pytest.mark.parametrize(
     ("header", "parent"),
     [
-        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        (b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"),
+        (
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        (
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+        ),
         (b"\xff\xfe", None),
         (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper case is invalid
         (b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),

@@ -18,9 +18,7 @@ from marketplace_pay.shared.ids import (
 )
 
 
-@pytest.mark.parametrize(
-    ("seller", "shard"), [("SELLER-111", 3), ("SELLER-222", 4), ("SELLER-333", 5)]
-)
+@pytest.mark.parametrize(("seller", "shard"), [("SELLER-111", 3), ("SELLER-222", 4), ("SELLER-333", 5)])
 def test_seller_shards_are_the_java_hash_of_the_seller_id(seller: str, shard: int) -> None:
     assert seller_shard(seller) == shard
 
@@ -37,7 +35,9 @@ def test_java_hash_overflows_like_java() -> None:
     assert java_string_hash("") == 0
     assert java_string_hash("a") == 97
     assert java_string_hash("polygenelubricants") == -(2**31)  # the famous Integer.MIN_VALUE string
-    assert java_string_hash("\U0001f600") == java_string_hash("\ud83d\ude00".encode("utf-16", "surrogatepass").decode("utf-16"))
+    assert java_string_hash("\U0001f600") == java_string_hash(
+        "\ud83d\ude00".encode("utf-16", "surrogatepass").decode("utf-16")
+    )
 
 
 def test_layout_worked_example() -> None:
@@ -111,7 +111,16 @@ def test_public_ids_round_trip(value: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "pay_", "po_AAAAAPoCMAA", "pay_AAAAAPoCMA", "pay_AAAAAPoCMAAA", "pay_AAAAAPoCMA!", "pay_AAAAAPoCMAB", "AAAAAPoCMAA"],
+    [
+        "",
+        "pay_",
+        "po_AAAAAPoCMAA",
+        "pay_AAAAAPoCMA",
+        "pay_AAAAAPoCMAAA",
+        "pay_AAAAAPoCMA!",
+        "pay_AAAAAPoCMAB",
+        "AAAAAPoCMAA",
+    ],
 )
 def test_invalid_public_ids_are_refused(text: str) -> None:
     with pytest.raises(InvalidPublicId):

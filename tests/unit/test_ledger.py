@@ -38,19 +38,31 @@ def acc(t: AccountType, entity: str = "GLOBAL", c: Currency = EUR) -> Account:
     [
         ((Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10),), "at least 2"),
         (
-            (Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10), Posting(acc(AccountType.AUTH_LIABILITY), Direction.CREDIT, 9)),
+            (
+                Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10),
+                Posting(acc(AccountType.AUTH_LIABILITY), Direction.CREDIT, 9),
+            ),
             "Unbalanced",
         ),
         (
-            (Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10), Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.CREDIT, 10)),
+            (
+                Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10),
+                Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.CREDIT, 10),
+            ),
             "duplicate accounts",
         ),
         (
-            (Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10), Posting(acc(AccountType.AUTH_LIABILITY, c=Currency.USD), Direction.CREDIT, 10)),
+            (
+                Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 10),
+                Posting(acc(AccountType.AUTH_LIABILITY, c=Currency.USD), Direction.CREDIT, 10),
+            ),
             "in EUR",
         ),
         (
-            (Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 0), Posting(acc(AccountType.AUTH_LIABILITY), Direction.CREDIT, 0)),
+            (
+                Posting(acc(AccountType.AUTH_RECEIVABLE), Direction.DEBIT, 0),
+                Posting(acc(AccountType.AUTH_LIABILITY), Direction.CREDIT, 0),
+            ),
             "positive",
         ),
     ],
@@ -92,14 +104,26 @@ def test_journal_ids_and_postings_of_the_factories() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "bps", "fee"),
-    [(1000, 500, 50), (1009, 500, 50), (1010, 500, 51), (1030, 500, 52), (10, 500, 1), (9, 500, 0), (12345, 250, 309), (1, 10000, 1), (999, 0, 0)],
+    [
+        (1000, 500, 50),
+        (1009, 500, 50),
+        (1010, 500, 51),
+        (1030, 500, 52),
+        (10, 500, 1),
+        (9, 500, 0),
+        (12345, 250, 309),
+        (1, 10000, 1),
+        (999, 0, 0),
+    ],
 )
 def test_commission_rounds_half_up_in_minor_units(amount: int, bps: int, fee: int) -> None:
     assert commission_fee(amount, bps) == fee
 
 
 GLOBAL = "{}.GLOBAL.EUR"
-AR, AL, PSP, REV = (GLOBAL.format(t) for t in ("AUTH_RECEIVABLE", "AUTH_LIABILITY", "PSP_RECEIVABLES", "PLATFORM_COMMISSION_REVENUE"))
+AR, AL, PSP, REV = (
+    GLOBAL.format(t) for t in ("AUTH_RECEIVABLE", "AUTH_LIABILITY", "PSP_RECEIVABLES", "PLATFORM_COMMISSION_REVENUE")
+)
 M1, M2 = "MERCHANT_PAYABLE.SELLER-111.EUR", "MERCHANT_PAYABLE.SELLER-222.EUR"
 
 # (name, capture answers per amount, order amounts, journals, balances after everything folded)
@@ -156,8 +180,16 @@ SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "answers", "amounts", "journal_types", "expected"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
-async def test_scenarios(name: str, answers: dict[int, list[CaptureOutcome]], amounts: list[int], journal_types: list[str], expected: dict[str, int]) -> None:
+@pytest.mark.parametrize(
+    ("name", "answers", "amounts", "journal_types", "expected"), SCENARIOS, ids=[s[0] for s in SCENARIOS]
+)
+async def test_scenarios(
+    name: str,
+    answers: dict[int, list[CaptureOutcome]],
+    amounts: list[int],
+    journal_types: list[str],
+    expected: dict[str, int],
+) -> None:
     w = World(answers)
     pid = await w.pay(*amounts)
     if name.startswith("approved payment"):
@@ -229,7 +261,10 @@ async def test_reconcile_finds_broken_balances_and_repair_rebuilds_them() -> Non
     w.balance_store.balances[M1] += 7  # a snapshot someone broke
     await w.overlay.apply([Entry(PSP, w.db.xid + 5, 10_000, 5)])  # and an overlay entry matching no posting
     broken = await w.container.balances.reconcile()
-    assert sorted((d.check, d.subject, d.difference_minor) for d in broken.drift) == [("real-time", PSP, 5), ("snapshot", M1, 7)]
+    assert sorted((d.check, d.subject, d.difference_minor) for d in broken.drift) == [
+        ("real-time", PSP, 5),
+        ("snapshot", M1, 7),
+    ]
     repaired = await w.container.balances.reconcile(repair=True)
     assert repaired.ok and await w.balance(M1) == 950 and await w.balance(PSP) == 1000
 
@@ -271,9 +306,15 @@ async def test_a_capture_for_a_seller_the_directory_does_not_know_is_refused_not
 
     w = World({})
     event = PaymentOrderFinalized(
-        payment_order_id="11", public_payment_order_id="po_AAAAAAAAAAs", payment_id="10",
-        public_payment_id="pay_AAAAAAAAAAo", seller_id="SELLER-999", amount_minor=1000, currency="EUR",
-        timestamp=datetime.now(UTC), status=PaymentOrderStatus.CAPTURED,
+        payment_order_id="11",
+        public_payment_order_id="po_AAAAAAAAAAs",
+        payment_id="10",
+        public_payment_id="pay_AAAAAAAAAAo",
+        seller_id="SELLER-999",
+        amount_minor=1000,
+        currency="EUR",
+        timestamp=datetime.now(UTC),
+        status=PaymentOrderStatus.CAPTURED,
     )
     env = envelope(event, aggregate_id="11", timestamp=event.timestamp, trace_id="a" * 32)
     with pytest.raises(UnknownSeller, match="SELLER-999"):

@@ -29,7 +29,9 @@ def test_money_arithmetic_keeps_minor_units_and_currency() -> None:
 
 
 def _entry(journal_id: str) -> LedgerEntryData:
-    return LedgerEntryData(seq=1, tx=3, journal_entry_id=journal_id, journal_type="CAPTURE", currency="EUR", created_at=NOW, postings=[])
+    return LedgerEntryData(
+        seq=1, tx=3, journal_entry_id=journal_id, journal_type="CAPTURE", currency="EUR", created_at=NOW, postings=[]
+    )
 
 
 def test_ledger_entries_recorded_has_the_same_id_for_the_same_journals_in_any_order() -> None:
@@ -83,7 +85,9 @@ def _order_fields() -> dict[str, object]:
         ),
         (
             LedgerEntriesRecorded(ledger_entries=[_entry("CAPTURE:11"), _entry("COMMISSION:11")]),
-            "ledger-entries:" + hashlib.sha256(b"CAPTURE:11|COMMISSION:11").hexdigest()[:32] + ":ledger_entries_recorded",
+            "ledger-entries:"
+            + hashlib.sha256(b"CAPTURE:11|COMMISSION:11").hexdigest()[:32]
+            + ":ledger_entries_recorded",
             "CAPTURE:11",
             "ledger_entries_recorded_topic",
         ),
@@ -97,14 +101,27 @@ def test_deterministic_event_ids_keys_and_topics(event, event_id: str, key: str,
 
 
 def test_root_events_are_their_own_parent_and_children_inherit_the_trace() -> None:
-    root = envelope(PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED), aggregate_id="11", timestamp=NOW, trace_id="a" * 32, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    root = envelope(
+        PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED),
+        aggregate_id="11",
+        timestamp=NOW,
+        trace_id="a" * 32,
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    )
     assert root.parent_event_id == root.event_id
-    child = envelope(CapturePaymentOrder(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="ignored", caused_by=root)
+    child = envelope(
+        CapturePaymentOrder(**_order_fields()), aggregate_id="11", timestamp=NOW, trace_id="ignored", caused_by=root
+    )
     assert (child.parent_event_id, child.trace_id, child.traceparent) == (root.event_id, "a" * 32, root.traceparent)
 
 
 def test_envelope_json_shape_round_trips() -> None:
-    env = envelope(PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED), aggregate_id="11", timestamp=NOW, trace_id="c" * 32)
+    env = envelope(
+        PaymentOrderFinalized(**_order_fields(), status=PaymentOrderStatus.CAPTURED),
+        aggregate_id="11",
+        timestamp=NOW,
+        trace_id="c" * 32,
+    )
     raw = encode(env)
     as_dict = msgspec.json.decode(raw)
     assert set(as_dict) == {"eventId", "eventType", "aggregateId", "data", "timestamp", "traceId", "parentEventId"}

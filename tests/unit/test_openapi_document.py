@@ -46,7 +46,18 @@ def test_operations_document_what_they_can_answer(document: dict[str, Any]) -> N
     def statuses(method: str, path: str) -> set[str]:
         return set(document["paths"][path][method]["responses"])
 
-    assert statuses("post", "/api/v1/payments") == {"202", "402", "400", "401", "403", "409", "413", "415", "422", "503"}
+    assert statuses("post", "/api/v1/payments") == {
+        "202",
+        "402",
+        "400",
+        "401",
+        "403",
+        "409",
+        "413",
+        "415",
+        "422",
+        "503",
+    }
     assert statuses("get", "/api/v1/payments/{payment_id}") == {"200", "401", "403", "404", "503"}
     assert statuses("post", "/api/v1/sellers") == {"201", "400", "401", "403", "409", "413", "415", "503"}
     assert statuses("get", "/api/v1/accounts/{account_code}/postings") == {"200", "400", "401", "403", "404", "503"}

@@ -22,7 +22,9 @@ R = CaptureResult
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def order(status: PaymentOrderStatus = S.INITIATED_PENDING, retry: int = 0, key: int = 0, unknown: bool = False) -> PaymentOrder:
+def order(
+    status: PaymentOrderStatus = S.INITIATED_PENDING, retry: int = 0, key: int = 0, unknown: bool = False
+) -> PaymentOrder:
     return PaymentOrder(
         payment_order_id=7,
         payment_id=6,
@@ -124,9 +126,7 @@ def test_a_key_can_only_capture_once_along_any_path() -> None:
                 break
 
 
-@pytest.mark.parametrize(
-    ("status", "retry"), [(S.CAPTURE_REQUESTED, 1), (S.PENDING_CAPTURE, 0)]
-)
+@pytest.mark.parametrize(("status", "retry"), [(S.CAPTURE_REQUESTED, 1), (S.PENDING_CAPTURE, 0)])
 def test_inconsistent_states_cannot_be_built(status: PaymentOrderStatus, retry: int) -> None:
     with pytest.raises(InvariantViolation):
         order(status, retry)
@@ -134,7 +134,15 @@ def test_inconsistent_states_cannot_be_built(status: PaymentOrderStatus, retry: 
 
 @pytest.mark.parametrize(
     ("attempt", "low", "high"),
-    [(1, 1000, 2000), (2, 2000, 4000), (3, 4000, 8000), (4, 8000, 16000), (5, 16000, 32000), (6, 30000, 60000), (9, 30000, 60000)],
+    [
+        (1, 1000, 2000),
+        (2, 2000, 4000),
+        (3, 4000, 8000),
+        (4, 8000, 16000),
+        (5, 16000, 32000),
+        (6, 30000, 60000),
+        (9, 30000, 60000),
+    ],
 )
 def test_equal_jitter_backoff_ranges(attempt: int, low: int, high: int) -> None:
     rng = random.Random(attempt)
@@ -169,7 +177,9 @@ def payment(*amounts: int) -> Payment:
         ([False, False], PaymentStatus.CAPTURE_FAILED, 0),
     ],
 )
-def test_payment_rolls_up_when_its_last_order_finishes(outcomes: list[bool], status: PaymentStatus, captured: int) -> None:
+def test_payment_rolls_up_when_its_last_order_finishes(
+    outcomes: list[bool], status: PaymentStatus, captured: int
+) -> None:
     p = payment(1000, 2000)
     amounts = [Money(1000, Currency.EUR), Money(2000, Currency.EUR)]
     assert p.record_order_outcome(captured=amounts[0] if outcomes[0] else None, now=T0) is False

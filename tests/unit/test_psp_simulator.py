@@ -75,7 +75,10 @@ async def test_authorization_test_values_win_in_every_scenario(scenario: str) ->
     assert await sim.authorize(payment_id=1, buyer_id="DECLINE-7", amount=eur(10)) is AuthorizationOutcome.DECLINED
     outcome, latency = sim._outcome(2, "TIMEOUT-1")
     assert latency > 5000  # longer than any caller's budget
-    assert await sim.authorization_status(payment_id=2, buyer_id="TIMEOUT-1", amount=eur(10)) is AuthorizationOutcome.APPROVED
+    assert (
+        await sim.authorization_status(payment_id=2, buyer_id="TIMEOUT-1", amount=eur(10))
+        is AuthorizationOutcome.APPROVED
+    )
 
 
 async def test_calls_are_logged_by_operation_and_result(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -98,8 +101,10 @@ async def test_a_capture_whose_caller_gave_up_still_happened_and_a_repeat_replay
     log = CallLog(tmp_path / "psp.jsonl")
     sim = SimulatedCaptureGateway("PEAK", seed=0, log=log)
     key = next(
-        f"po_X:{i}" for i in range(1000)
-        if sim.outcome(f"po_X:{i}", eur(1000)) [0] is CaptureOutcome.CAPTURED and sim.outcome(f"po_X:{i}", eur(1000))[1] >= TIMEOUT_SLEEP_MS
+        f"po_X:{i}"
+        for i in range(1000)
+        if sim.outcome(f"po_X:{i}", eur(1000))[0] is CaptureOutcome.CAPTURED
+        and sim.outcome(f"po_X:{i}", eur(1000))[1] >= TIMEOUT_SLEEP_MS
     )
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
@@ -107,7 +112,10 @@ async def test_a_capture_whose_caller_gave_up_still_happened_and_a_repeat_replay
     started = time.monotonic()
     assert await sim.capture(idempotency_key=key, payment_order_id="po_X", amount=eur(1000)) is CaptureOutcome.CAPTURED
     assert time.monotonic() - started < 0.2  # a replay, not another 5-second capture
-    assert await sim.capture_status(idempotency_key=key, payment_order_id="po_X", amount=eur(1000)) is CaptureOutcome.CAPTURED
+    assert (
+        await sim.capture_status(idempotency_key=key, payment_order_id="po_X", amount=eur(1000))
+        is CaptureOutcome.CAPTURED
+    )
     lines = [json.loads(line) for line in (tmp_path / "psp.jsonl").read_text().splitlines()]
     assert [(x["op"], x["result"], x["answered"]) for x in lines] == [
         ("capture", "CAPTURED", False),

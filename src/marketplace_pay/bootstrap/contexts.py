@@ -56,9 +56,7 @@ def wire_payments(
 
 
 def wire_ledger(ports: Ports, *, directory: CachedSellers, payments: Payments, clock: Clock) -> Ledger:
-    return Ledger(
-        directory=directory, reads=ports.ledger_reads, uow=ports.ledger_uow, payments=payments, clock=clock
-    )
+    return Ledger(directory=directory, reads=ports.ledger_reads, uow=ports.ledger_uow, payments=payments, clock=clock)
 
 
 def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:

@@ -54,7 +54,9 @@ def delivery_jobs(s: Settings, resources: Resources, relay: OutboxRelay, dead_le
 
     async def maintain_partitions() -> None:
         async with pool.acquire() as conn:
-            await maintain_queue_tables(conn, outbox_retention_s=s.outbox.retention_s, responses_ttl_hours=s.idempotency.ttl_hours)
+            await maintain_queue_tables(
+                conn, outbox_retention_s=s.outbox.retention_s, responses_ttl_hours=s.idempotency.ttl_hours
+            )
 
     async def vacuum() -> None:
         async with pool.acquire() as conn:

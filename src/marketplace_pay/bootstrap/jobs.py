@@ -31,7 +31,12 @@ def payments_jobs(s: Settings, payments: Payments) -> list[Job]:
         Job("payments-retry-requeue", max(1000, s.retry.requeue_after_ms // 2), payments.requeue_lost_retries),
         Job("payments-retry-reclaim", max(1000, s.retry.inflight_timeout_ms // 4), payments.reclaim_retries),
         Job("payments-retry-gauge", 5000, payments.retry_queue_sizes),
-        Job("payments-sweep-stuck-orders", max(1000, s.sweep.stuck_after_s * 250), payments.sweep_stuck_orders, exclusive=True),
+        Job(
+            "payments-sweep-stuck-orders",
+            max(1000, s.sweep.stuck_after_s * 250),
+            payments.sweep_stuck_orders,
+            exclusive=True,
+        ),
     ]
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from marketplace_pay.settings import Settings, SettingsError
 
 
-
 def _settings() -> Settings:
     try:
         return Settings.from_env()
@@ -193,20 +192,35 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             trial = await c.balances.trial_balance()
         differences = report.differences()
         if args.json:
-            print(json.dumps({
-                "ok": report.ok, "accountsChecked": report.accounts_checked, "repaired": report.repaired,
-                "differences": differences,
-                "trialBalance": [{"currency": t.currency, "debits": t.debits_minor, "credits": t.credits_minor} for t in trial],
-            }))
+            print(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "accountsChecked": report.accounts_checked,
+                        "repaired": report.repaired,
+                        "differences": differences,
+                        "trialBalance": [
+                            {"currency": t.currency, "debits": t.debits_minor, "credits": t.credits_minor}
+                            for t in trial
+                        ],
+                    }
+                )
+            )
         else:
             for t in trial:
-                print(f"trial balance {t.currency}: debits {t.debits_minor} credits {t.credits_minor} "
-                      f"difference {t.debits_minor - t.credits_minor}")
+                print(
+                    f"trial balance {t.currency}: debits {t.debits_minor} credits {t.credits_minor} "
+                    f"difference {t.debits_minor - t.credits_minor}"
+                )
             for d in differences:
-                print(f"DIFFERENCE {d['check']} {d['subject']}: expected {d['expected']} actual {d['actual']} "
-                      f"({d['difference']:+d} minor units)")
-            print(f"{'OK' if report.ok else 'FAILED'}: {report.accounts_checked} accounts checked, "
-                  f"{len(differences)} difference(s){', repaired' if report.repaired else ''}")
+                print(
+                    f"DIFFERENCE {d['check']} {d['subject']}: expected {d['expected']} actual {d['actual']} "
+                    f"({d['difference']:+d} minor units)"
+                )
+            print(
+                f"{'OK' if report.ok else 'FAILED'}: {report.accounts_checked} accounts checked, "
+                f"{len(differences)} difference(s){', repaired' if report.repaired else ''}"
+            )
         return 0 if report.ok else 1
 
     return asyncio.run(run())
@@ -228,11 +242,21 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 found = await c.dead_letters.replay(ids=args.id or (), consumer=args.consumer)
         for d in found:
             if args.json:
-                print(json.dumps({
-                    "id": d.id, "consumer": d.consumer, "eventId": d.event_id, "eventType": d.event_type,
-                    "key": d.key, "attempts": d.attempts, "error": d.error, "createdAt": d.created_at.isoformat(),
-                    "replayedAt": d.replayed_at.isoformat() if d.replayed_at else None,
-                }))
+                print(
+                    json.dumps(
+                        {
+                            "id": d.id,
+                            "consumer": d.consumer,
+                            "eventId": d.event_id,
+                            "eventType": d.event_type,
+                            "key": d.key,
+                            "attempts": d.attempts,
+                            "error": d.error,
+                            "createdAt": d.created_at.isoformat(),
+                            "replayedAt": d.replayed_at.isoformat() if d.replayed_at else None,
+                        }
+                    )
+                )
             else:
                 state = f"replayed {d.replayed_at:%Y-%m-%d %H:%M:%S}" if d.replayed_at else "waiting"
                 print(f"{d.id:>6}  {d.consumer}  {d.event_type}  {d.event_id}  attempts={d.attempts}  {state}")
@@ -272,7 +296,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--workers", type=int, default=0, help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per two CPU cores)"
+        "--workers",
+        type=int,
+        default=0,
+        help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per two CPU cores)",
     )
     serve.set_defaults(fn=cmd_serve)
 
@@ -283,7 +310,9 @@ def parser() -> argparse.ArgumentParser:
     shown.set_defaults(fn=cmd_settings)
 
     token = sub.add_parser("token", help="print a JWT signed with the configured secret")
-    token.add_argument("--role", action="append", required=True, help="repeatable: payment:write, payment:read, SELLER, FINANCE, ADMIN")
+    token.add_argument(
+        "--role", action="append", required=True, help="repeatable: payment:write, payment:read, SELLER, FINANCE, ADMIN"
+    )
     token.add_argument("--seller", help="seller_id claim (for SELLER tokens)")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (default 3600)")
     token.add_argument("--sub", default="marketplace-pay-cli", help="subject claim")
@@ -304,7 +333,9 @@ def parser() -> argparse.ArgumentParser:
     sellers.set_defaults(fn=cmd_sellers)
 
     reconcile = sub.add_parser("reconcile", help="check every balance against its postings (exit 1 on a difference)")
-    reconcile.add_argument("--repair", action="store_true", help="rebuild snapshots and the Redis overlay from the postings")
+    reconcile.add_argument(
+        "--repair", action="store_true", help="rebuild snapshots and the Redis overlay from the postings"
+    )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.add_argument(
         "--grace-s",

@@ -53,7 +53,11 @@ def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     for job in container.jobs:
         scheduler.add_job(
-            runs.guarded(job.name, container.scheduled(job)), "interval", seconds=job.every_ms / 1000, id=job.name, name=job.name
+            runs.guarded(job.name, container.scheduled(job)),
+            "interval",
+            seconds=job.every_ms / 1000,
+            id=job.name,
+            name=job.name,
         )
     return scheduler
 

@@ -71,7 +71,9 @@ class Batcher(Generic[T, R]):
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) > 1 and not is_transient(exc):
-                log.warning("batched write failed; writing its items one by one", extra={"batch": self.name, "error": repr(exc)})
+                log.warning(
+                    "batched write failed; writing its items one by one", extra={"batch": self.name, "error": repr(exc)}
+                )
                 for one in batch:
                     await self._settle([one])
                 return

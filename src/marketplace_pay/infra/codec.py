@@ -56,7 +56,9 @@ def decode_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> Validati
     elif rule:
         path = f"{path}.{rule.group('field')}" if path else rule.group("field")
         message = rule.group("message")
-    return ValidationError(f"Invalid request body: {path or 'body'}: {message}", errors=[FieldError(path or "body", message)])
+    return ValidationError(
+        f"Invalid request body: {path or 'body'}: {message}", errors=[FieldError(path or "body", message)]
+    )
 
 
 JSON_DEPTH_MAX = 32  # our request bodies nest 4 levels; nothing a client sends needs 32
@@ -117,7 +119,9 @@ def decode_body(raw: bytes, type_: type[T]) -> T:
 
 
 def _not_utf8() -> ValidationError:
-    return ValidationError("Request body is not valid JSON", errors=[FieldError("body", "a string holds bytes that are not UTF-8")])
+    return ValidationError(
+        "Request body is not valid JSON", errors=[FieldError("body", "a string holds bytes that are not UTF-8")]
+    )
 
 
 def _decode_loose(raw: bytes) -> Any:

@@ -63,16 +63,46 @@ _SQL_COMMENT = re.compile(r"--[^\n]*")
 # when checksums still covered comments: a database migrated then is recognised — if the
 # statements are still the same — and its checksums are brought up to date.
 _TEXT_CHECKSUMS = {
-    1: ("e7032f5fc7705f2f3b4491b918916b5efd132f9c18f875c37ffcb6bfc5d3b9af", "3047b8c7767fe7c875fa77b2c6fac95dc27e6e0fe2abcd4b9c965e185eae4dbb"),
-    2: ("e7d1d5092a18952c13b1dda228b805829164bb5228d765adb9ed5ea653e57b77", "41644150f5d2083a1d951e699bed0bf2a8d3838395bf0b23d8fd1ac00653af95"),
-    3: ("91383e0aae84725470ee1ca44aab03d8813b57d9f2762012eb25af4426381cec", "17cd362f58f52afe7c205bae02f316998b5cd4faf809ba6aefb74ad2baef4e38"),
-    4: ("3cb1fc643f53713b731fd7f77f7e2cfa16393d9011cc9d7094d83a10f578f2f3", "2d84bece953af30d50657c664b9dafeeec3a8ed19da2cf490d74e9dca8c2cf77"),
-    5: ("24f9f08fb602e8594807f4e5ab790451ee8223fbfb6c9e101dd0b339bc48d8de", "0e5cea049f7fd81c94b1b09f6858b7cf86fe7c5481b5573de614f6d92bcef2eb"),
-    6: ("573b84da6ac381ea7f548fbbe44331f8bd6eb611f98525aa22852c8a009218a4", "b7cd88ad48b98f99f39828bc1646971db5ae26c8bf3541d4d6933a9e538eb306"),
-    7: ("5b5c955697d3245bc06522901673214e8924ce3c5a8545836c0b3bbaab251fa8", "4c405413f582f5d11faa7e645ca4824e39df5ae61977f17dafa6e4383f7e454d"),
-    8: ("84a65ec950190b5ee2a9267971d51f4173b7f782f6f4d1157395cc517644b1ce", "47ee5dc438547837263612c0744a4046e4732d258bdd9e590c6bb5daa2a8d852"),
-    9: ("01f817f303ce855fa7433f3d0a9b8bfb2e7d72a2f41aeff4c1d63f9d5ca0f902", "10f72c2f286475736f0b6d3c42e12ead21f1a20f3e56740a31c746d1406b054b"),
-    10: ("ae353d397d45e0f90bc2f7d3bbb8b7c0424e00916fad499d3c2dd992b141f177", "aba70a886d8537123a1e410974a93768e5d670f4b27472a569a31ad816632eeb"),
+    1: (
+        "e7032f5fc7705f2f3b4491b918916b5efd132f9c18f875c37ffcb6bfc5d3b9af",
+        "3047b8c7767fe7c875fa77b2c6fac95dc27e6e0fe2abcd4b9c965e185eae4dbb",
+    ),
+    2: (
+        "e7d1d5092a18952c13b1dda228b805829164bb5228d765adb9ed5ea653e57b77",
+        "41644150f5d2083a1d951e699bed0bf2a8d3838395bf0b23d8fd1ac00653af95",
+    ),
+    3: (
+        "91383e0aae84725470ee1ca44aab03d8813b57d9f2762012eb25af4426381cec",
+        "17cd362f58f52afe7c205bae02f316998b5cd4faf809ba6aefb74ad2baef4e38",
+    ),
+    4: (
+        "3cb1fc643f53713b731fd7f77f7e2cfa16393d9011cc9d7094d83a10f578f2f3",
+        "2d84bece953af30d50657c664b9dafeeec3a8ed19da2cf490d74e9dca8c2cf77",
+    ),
+    5: (
+        "24f9f08fb602e8594807f4e5ab790451ee8223fbfb6c9e101dd0b339bc48d8de",
+        "0e5cea049f7fd81c94b1b09f6858b7cf86fe7c5481b5573de614f6d92bcef2eb",
+    ),
+    6: (
+        "573b84da6ac381ea7f548fbbe44331f8bd6eb611f98525aa22852c8a009218a4",
+        "b7cd88ad48b98f99f39828bc1646971db5ae26c8bf3541d4d6933a9e538eb306",
+    ),
+    7: (
+        "5b5c955697d3245bc06522901673214e8924ce3c5a8545836c0b3bbaab251fa8",
+        "4c405413f582f5d11faa7e645ca4824e39df5ae61977f17dafa6e4383f7e454d",
+    ),
+    8: (
+        "84a65ec950190b5ee2a9267971d51f4173b7f782f6f4d1157395cc517644b1ce",
+        "47ee5dc438547837263612c0744a4046e4732d258bdd9e590c6bb5daa2a8d852",
+    ),
+    9: (
+        "01f817f303ce855fa7433f3d0a9b8bfb2e7d72a2f41aeff4c1d63f9d5ca0f902",
+        "10f72c2f286475736f0b6d3c42e12ead21f1a20f3e56740a31c746d1406b054b",
+    ),
+    10: (
+        "ae353d397d45e0f90bc2f7d3bbb8b7c0424e00916fad499d3c2dd992b141f177",
+        "aba70a886d8537123a1e410974a93768e5d670f4b27472a569a31ad816632eeb",
+    ),
 }
 
 
@@ -124,7 +154,9 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        applied = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        applied = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
         done = []
         for migration in migrations:
             if migration.version in applied:
@@ -134,7 +166,9 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                     )
                 if applied[migration.version] != migration.checksum:
                     await conn.execute(
-                        "UPDATE schema_migrations SET checksum = $2 WHERE version = $1", migration.version, migration.checksum
+                        "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                        migration.version,
+                        migration.checksum,
                     )
                 continue
             async with conn.transaction():

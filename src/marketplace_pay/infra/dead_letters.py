@@ -36,15 +36,25 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 def _dead_letter(r: asyncpg.Record) -> DeadLetter:
     return DeadLetter(
-        r["id"], r["consumer"], r["event_id"], r["event_type"], r["topic"], r["msg_key"], r["error"],
-        r["attempts"], r["created_at"], r["replayed_at"],
+        r["id"],
+        r["consumer"],
+        r["event_id"],
+        r["event_type"],
+        r["topic"],
+        r["msg_key"],
+        r["error"],
+        r["attempts"],
+        r["created_at"],
+        r["replayed_at"],
     )
 
 
 class DeadLetters(Protocol):
     async def record(self, *, consumer: str, message: Message, error: str, attempts: int) -> None: ...
 
-    async def list(self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]: ...
+    async def list(
+        self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> list[DeadLetter]: ...
 
     async def replay(self, *, ids: Sequence[int] = (), consumer: str | None = None) -> list[DeadLetter]: ...
 
@@ -73,7 +83,9 @@ class PgDeadLetters:
             attempts,
         )
 
-    async def list(self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+    async def list(
+        self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> list[DeadLetter]:
         rows = await self._pool.fetch(
             """SELECT id, consumer, event_id, event_type, topic, msg_key, error, attempts, created_at, replayed_at
                FROM dead_letters

@@ -26,6 +26,7 @@ from marketplace_pay.infra.failures import is_transient
 
 log = logging.getLogger(__name__)
 
+
 def _backoff_s(attempt: int, *, cap_s: float = 5.0) -> float:
     return min(cap_s, 0.05 * (2 ** min(attempt, 10)))
 

@@ -165,7 +165,9 @@ class KafkaEventBus:
                 raise
             except Exception:  # noqa: BLE001 - a consumer must not die silently in its group
                 failures += 1
-                log.exception("kafka consumer failed; leaving the group and joining again", extra={"consumer": sub.consumer})
+                log.exception(
+                    "kafka consumer failed; leaving the group and joining again", extra={"consumer": sub.consumer}
+                )
             finally:
                 try:
                     await consumer.stop()  # leaves the group: its partitions are reassigned now

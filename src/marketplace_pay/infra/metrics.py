@@ -30,11 +30,16 @@ HANDLER_SECONDS = Histogram(
 )
 DEAD_LETTERS = Counter("dead_letters_total", "Events dead-lettered", ["consumer"])
 DEAD_LETTERS_WAITING = Gauge("dead_letters_waiting", "Dead letters not replayed yet", ["consumer"])
-STUCK_ORDERS = Gauge("payment_orders_stuck", "Open payment orders that have not moved for longer than their schedule allows")
+STUCK_ORDERS = Gauge(
+    "payment_orders_stuck", "Open payment orders that have not moved for longer than their schedule allows"
+)
 STUCK_REDRIVEN = Counter("payment_orders_redriven_total", "Stuck payment orders the sweeper drove again")
 PSP_UNKNOWN = Gauge("psp_outcome_unknown_orders", "Payment orders whose last PSP call went unanswered")
 OVERLAY_SKIPPED = Counter(
-    "balance_overlay_skipped_entries_total", "Postings not added to the Redis overlay (Redis down); the fold restores them"
+    "balance_overlay_skipped_entries_total",
+    "Postings not added to the Redis overlay (Redis down); the fold restores them",
 )
-PSP_UNKNOWN_ANSWERS = Counter("psp_unknown_answers_total", "PSP calls that got no answer (timeout, unreachable)", ["operation"])
+PSP_UNKNOWN_ANSWERS = Counter(
+    "psp_unknown_answers_total", "PSP calls that got no answer (timeout, unreachable)", ["operation"]
+)
 PAYMENTS_CREATED = Counter("payments_created_total", "Payments created, by authorization result", ["status"])

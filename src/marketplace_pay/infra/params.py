@@ -32,7 +32,9 @@ def path_public_id(prefix: str, value: str, what: str) -> int:
         raise NotFoundError(f"No such {what}") from None
 
 
-def query_int(request: Request[Any, Any, Any], name: str, *, default: int | None, minimum: int, maximum: int) -> int | None:
+def query_int(
+    request: Request[Any, Any, Any], name: str, *, default: int | None, minimum: int, maximum: int
+) -> int | None:
     """An integer query parameter: ASCII digits only (`str.isdigit` also takes "²", which
     `int` refuses, and `int` takes " 5", "+5" and "5_0"), within [minimum, maximum]."""
     raw = request.query_params.get(name)
@@ -46,7 +48,9 @@ def query_int(request: Request[Any, Any, Any], name: str, *, default: int | None
     return int(raw)
 
 
-def query_int_schema(name: str, *, minimum: int, maximum: int, description: str, default: int | None = None) -> dict[str, Any]:
+def query_int_schema(
+    name: str, *, minimum: int, maximum: int, description: str, default: int | None = None
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
     if default is not None:
         schema["default"] = default
@@ -56,7 +60,9 @@ def query_int_schema(name: str, *, minimum: int, maximum: int, description: str,
 def require_json(request: Request[Any, Any, Any]) -> None:
     """A body must be JSON (`application/json` or `application/*+json`; no header means JSON)."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not (content_type.startswith("application/") and content_type.endswith("+json")):
+    if content_type != "application/json" and not (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    ):
         raise HTTPException(status_code=415, detail="Content-Type must be application/json")
 
 

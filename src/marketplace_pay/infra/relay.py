@@ -58,6 +58,7 @@ NOTIFY_CHANNEL = "mp_outbox"  # relays of other processes are woken on it
 _PAUSE_AFTER_FAILURE_S = 1.0
 _REBALANCE_EVERY_S = 1.0
 
+
 class OutboxRelay:
     def __init__(
         self,
@@ -192,7 +193,9 @@ class OutboxRelay:
                 await self._take(taken)
 
     async def _take(self, shards: set[int]) -> None:
-        rows = await self._pool.fetch("SELECT shard, tx, id FROM outbox_cursors WHERE shard = ANY($1::smallint[])", list(shards))
+        rows = await self._pool.fetch(
+            "SELECT shard, tx, id FROM outbox_cursors WHERE shard = ANY($1::smallint[])", list(shards)
+        )
         for r in rows:
             self._read[r["shard"]] = self._saved[r["shard"]] = (r["tx"], r["id"])
             self._inflight_first[r["shard"]] = Counter()

@@ -88,7 +88,9 @@ def redis_client(url: str) -> aioredis.Redis:
 
 async def open_stores(settings: Settings) -> Stores:
     dsn, redis_url, embedded_redis = await resolve_services(settings)
-    pool = await create_pool(dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.process.instance_name}:cli")
+    pool = await create_pool(
+        dsn, min_size=1, max_size=4, application_name=f"marketplace-pay:{settings.process.instance_name}:cli"
+    )
     return Stores(dsn, redis_url, pool, redis_client(redis_url), embedded_redis)
 
 

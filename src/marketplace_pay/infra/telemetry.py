@@ -121,7 +121,9 @@ def _remote_span(traceparent: str) -> SpanContext | None:
     if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
         return None
     try:
-        ctx = SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(int(parts[3][:2], 16)))
+        ctx = SpanContext(
+            int(parts[1], 16), int(parts[2], 16), is_remote=True, trace_flags=TraceFlags(int(parts[3][:2], 16))
+        )
     except ValueError:
         return None
     return ctx if ctx.is_valid else None

@@ -24,7 +24,9 @@ from marketplace_pay.shared.money import AmountView
 
 SELLER_ID_PATH = seller_id_schema()
 ACCOUNT_CODE_PATH = string_schema(
-    ACCOUNT_CODE_PATTERN, max_length=ACCOUNT_CODE_LENGTH_MAX, description="TYPE.entity.CCY, e.g. PSP_RECEIVABLES.GLOBAL.EUR"
+    ACCOUNT_CODE_PATTERN,
+    max_length=ACCOUNT_CODE_LENGTH_MAX,
+    description="TYPE.entity.CCY, e.g. PSP_RECEIVABLES.GLOBAL.EUR",
 )
 
 
@@ -42,7 +44,9 @@ class AccountBalanceView(msgspec.Struct, frozen=True, rename="camel"):
 
 
 def _seller_view(seller_id: str, balance: Balance) -> SellerBalanceView:
-    return SellerBalanceView(seller_id, balance.account_code, AmountView(balance.balance_minor, balance.currency), balance.as_of)
+    return SellerBalanceView(
+        seller_id, balance.account_code, AmountView(balance.balance_minor, balance.currency), balance.as_of
+    )
 
 
 @get(
@@ -50,7 +54,9 @@ def _seller_view(seller_id: str, balance: Balance) -> SellerBalanceView:
     guards=[requires(SELLER)],
     operation_id="getMyBalance",
     operation_class=documented(
-        errors=problems(401, 403, 404, 503, s403="The token lacks the SELLER role or a seller_id claim", s404="No such seller")
+        errors=problems(
+            401, 403, 404, 503, s403="The token lacks the SELLER role or a seller_id claim", s404="No such seller"
+        )
     ),
     summary="The calling seller's MERCHANT_PAYABLE balance (claim seller_id)",
     tags=["balances"],
@@ -72,7 +78,9 @@ async def my_balance(request: Request[Any, Any, Any], balances: NamedDependency[
     summary="A seller's MERCHANT_PAYABLE balance (real time: snapshot + recent postings)",
     tags=["balances"],
 )
-async def seller_balance(seller_id: Annotated[str, PathParameter()], balances: NamedDependency[Balances]) -> SellerBalanceView:
+async def seller_balance(
+    seller_id: Annotated[str, PathParameter()], balances: NamedDependency[Balances]
+) -> SellerBalanceView:
     seller_id = path_id(seller_id, is_seller_id, "seller")
     return _seller_view(seller_id, await balances.of_seller(seller_id))
 
@@ -87,7 +95,9 @@ async def seller_balance(seller_id: Annotated[str, PathParameter()], balances: N
     summary="Any account's balance",
     tags=["balances"],
 )
-async def account_balance(account_code: Annotated[str, PathParameter()], balances: NamedDependency[Balances]) -> AccountBalanceView:
+async def account_balance(
+    account_code: Annotated[str, PathParameter()], balances: NamedDependency[Balances]
+) -> AccountBalanceView:
     account_code = path_id(account_code, is_account_code, "account")
     balance = await balances.of_account(account_code)
     if balance is None:

@@ -48,9 +48,7 @@ class PgBalanceStore:
                 if horizon <= previous:
                     return Folded(previous, [])
                 faults.hit("balances.fold.before_commit")
-                await conn.execute(
-                    "UPDATE balance_horizon SET folded_tx = $1, folded_at = now()", horizon
-                )
+                await conn.execute("UPDATE balance_horizon SET folded_tx = $1, folded_at = now()", horizon)
             return Folded(horizon, list(row["accounts"]))
 
     async def horizon(self) -> int:
@@ -72,7 +70,14 @@ class PgBalanceStore:
         )
         if row is None:
             return None
-        return Snapshot(row["account_code"], row["currency"], row["balance"], row["horizon"], row["updated_at"], int(row["unfolded"]))
+        return Snapshot(
+            row["account_code"],
+            row["currency"],
+            row["balance"],
+            row["horizon"],
+            row["updated_at"],
+            int(row["unfolded"]),
+        )
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
         rows = await self._pool.fetch(
@@ -83,7 +88,11 @@ class PgBalanceStore:
                       coalesce(e.total, 0) AS expected, coalesce(b.balance_minor, 0) AS actual
                FROM expected e FULL JOIN account_balances b ON b.account_code = e.account_code"""
         )
-        drift = [Drift(Check.SNAPSHOT, r["account_code"], r["expected"], r["actual"]) for r in rows if r["expected"] != r["actual"]]
+        drift = [
+            Drift(Check.SNAPSHOT, r["account_code"], r["expected"], r["actual"])
+            for r in rows
+            if r["expected"] != r["actual"]
+        ]
         return len(rows), drift
 
     async def trial_balance(self) -> list[TrialBalance]:
@@ -138,5 +147,7 @@ class PgBalanceStore:
             )
         return Unfolded(
             horizon=horizon,
-            postings=[(Entry(r["account_code"], r["tx"], r["seq"], r["signed_amount_minor"]), r["created_at"]) for r in rows],
+            postings=[
+                (Entry(r["account_code"], r["tx"], r["seq"], r["signed_amount_minor"]), r["created_at"]) for r in rows
+            ],
         )

@@ -33,4 +33,6 @@ async def apply_ledger_entries(batch: Sequence[Envelope[LedgerEntriesRecorded]],
         # The overlay only makes balances real-time: the fold reads Postgres and restores them
         # within a fold interval. Waiting for Redis here would hold back the whole pipeline.
         metrics.OVERLAY_SKIPPED.inc(len(entries))
-        log.warning("balance overlay unavailable; the next fold catches up", extra={"entries": len(entries), "error": repr(exc)})
+        log.warning(
+            "balance overlay unavailable; the next fold catches up", extra={"entries": len(entries), "error": repr(exc)}
+        )

@@ -54,8 +54,11 @@ async def reconcile(
     drift = [
         *snapshot,
         *await real_time_drift(store, overlay, clock, grace_s),
-        *[Drift(Check.TRIAL_BALANCE, t.currency, t.debits_minor, t.credits_minor)
-          for t in await store.trial_balance() if t.debits_minor != t.credits_minor],
+        *[
+            Drift(Check.TRIAL_BALANCE, t.currency, t.debits_minor, t.credits_minor)
+            for t in await store.trial_balance()
+            if t.debits_minor != t.credits_minor
+        ],
         *await store.auth_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)

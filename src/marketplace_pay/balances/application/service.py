@@ -49,7 +49,9 @@ class Balances:
         await sweep_overlay(store=self._store, overlay=self._overlay)
 
     async def reconcile(self, *, repair: bool = False, grace_s: float = 30.0) -> ReconcileReport:
-        return await reconcile(store=self._store, overlay=self._overlay, clock=self._clock, repair=repair, grace_s=grace_s)
+        return await reconcile(
+            store=self._store, overlay=self._overlay, clock=self._clock, repair=repair, grace_s=grace_s
+        )
 
     async def trial_balance(self) -> list[TrialBalance]:
         return await self._store.trial_balance()
@@ -58,4 +60,6 @@ class Balances:
         async def apply(batch: list) -> None:  # type: ignore[type-arg]
             await apply_ledger_entries(batch, overlay=self._overlay)
 
-        return [Subscription(APPLY_LEDGER_ENTRIES, LedgerEntriesRecorded, apply, batch_max, ordered=False, concurrency=2)]
+        return [
+            Subscription(APPLY_LEDGER_ENTRIES, LedgerEntriesRecorded, apply, batch_max, ordered=False, concurrency=2)
+        ]

@@ -61,12 +61,20 @@ def add_parser(sub: Any) -> None:
         choices=PSP_SCENARIOS,
         help="--serve: the PSP simulator's scenario (default BEST_PSP_EVER, whatever MP_PSP_SCENARIO says)",
     )
-    bench.add_argument("--workers", type=int, help="--serve: processes of the service (`serve --workers`; default: one per core)")
+    bench.add_argument(
+        "--workers", type=int, help="--serve: processes of the service (`serve --workers`; default: one per core)"
+    )
     bench.add_argument("--duration", type=float, default=30.0, help="measured seconds (default 30)")
-    bench.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the measured window (default 3)")
+    bench.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load before the measured window (default 3)"
+    )
     load = bench.add_mutually_exclusive_group()
-    load.add_argument("--rate", type=float, help="open loop: payments/s offered at fixed times, whatever the server does")
-    load.add_argument("--concurrency", type=int, help="closed loop: connections, each waiting for its answer (default 64)")
+    load.add_argument(
+        "--rate", type=float, help="open loop: payments/s offered at fixed times, whatever the server does"
+    )
+    load.add_argument(
+        "--concurrency", type=int, help="closed loop: connections, each waiting for its answer (default 64)"
+    )
     bench.add_argument(
         "--connections", type=int, default=512, help="--rate: connections it may open when all are busy (default 512)"
     )
@@ -94,7 +102,9 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="first run pgbench -N -T 15 (one client) on a scratch database of the same server; adds the ratios",
     )
-    bench.add_argument("--json", action="store_true", help="also print the figures as one JSON object, the last line of stdout")
+    bench.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON object, the last line of stdout"
+    )
     bench.set_defaults(fn=cmd_bench)
 
 

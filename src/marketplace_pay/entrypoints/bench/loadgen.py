@@ -340,7 +340,9 @@ class Generator:
         if len(self.connections) + self.connecting < self.plan.connections_max and self.connecting < len(self.queued):
             self._spawn_connection()
 
-    def on_response(self, conn: _Connection, status: int, location: bytes | None, body: bytes, *, reusable: bool) -> None:
+    def on_response(
+        self, conn: _Connection, status: int, location: bytes | None, body: bytes, *, reusable: bool
+    ) -> None:
         now = time.monotonic()
         self.answered += 1
         due = conn.due
@@ -442,8 +444,14 @@ class Generator:
         self.wall0 = time.time()
         self.window_start = self.t0 + plan.warmup_s
         self.window_end = self.window_start + plan.duration_s
-        self.report({"type": "started", "wall0": self.wall0, "window_start": self.wall(self.window_start),
-                     "window_end": self.wall(self.window_end)})
+        self.report(
+            {
+                "type": "started",
+                "wall0": self.wall0,
+                "window_start": self.wall(self.window_start),
+                "window_end": self.wall(self.window_end),
+            }
+        )
         reporter = asyncio.get_running_loop().create_task(self._reporter())
         try:
             if plan.rate is None:

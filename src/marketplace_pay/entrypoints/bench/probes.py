@@ -341,9 +341,7 @@ async def pgbench_baseline(dsn: str, *, seconds: int = 15) -> float:
 
 
 async def _run(*argv: str, timeout_s: float) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
     except TimeoutError:

@@ -181,7 +181,9 @@ class Bench:
         self.scenario = a.scenario or DEFAULT_SCENARIO
         self.workers = a.workers  # None: the service's default (one per core)
         self.serve = ServeProcess(scenario=self.scenario, workers=a.workers, env=self.env)
-        say(f"starting `marketplace-pay serve` on {self.serve.url} (scenario {self.scenario}, log {self.serve.log_path})")
+        say(
+            f"starting `marketplace-pay serve` on {self.serve.url} (scenario {self.scenario}, log {self.serve.log_path})"
+        )
         await self.serve.start()
         return self.serve.url
 
@@ -191,7 +193,9 @@ class Bench:
         headers = {"Authorization": f"Bearer {admin_token}"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
             for seller in sellers[len(SEEDED_SELLERS) :]:
-                r = await client.post("/api/v1/sellers", json={"sellerId": seller, "currency": "EUR", "commissionBps": 500})
+                r = await client.post(
+                    "/api/v1/sellers", json={"sellerId": seller, "currency": "EUR", "commissionBps": 500}
+                )
                 if r.status_code == 401:
                     raise _token_refused(r)
                 if r.status_code not in (201, 409):
@@ -250,10 +254,22 @@ class Bench:
         assert self.conn is not None
         secret = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
         ttl_s = int(a.warmup + a.duration + a.drain_timeout + 3600)
-        token = issue_token(secret, roles=["payment:write"], subject="marketplace-pay-bench", ttl_s=ttl_s,
-                            issuer=settings.jwt.issuer, audience=settings.jwt.audience)
-        admin = issue_token(secret, roles=["ADMIN"], subject="marketplace-pay-bench", ttl_s=600,
-                            issuer=settings.jwt.issuer, audience=settings.jwt.audience)
+        token = issue_token(
+            secret,
+            roles=["payment:write"],
+            subject="marketplace-pay-bench",
+            ttl_s=ttl_s,
+            issuer=settings.jwt.issuer,
+            audience=settings.jwt.audience,
+        )
+        admin = issue_token(
+            secret,
+            roles=["ADMIN"],
+            subject="marketplace-pay-bench",
+            ttl_s=600,
+            issuer=settings.jwt.issuer,
+            audience=settings.jwt.audience,
+        )
         url = await self._service()
         await self._check_tables(dsn)
         sellers = await self._sellers(url, admin)
@@ -285,7 +301,9 @@ class Bench:
             host=split.hostname or "127.0.0.1",
             port=split.port or 80,
             template=RequestTemplate.build(
-                "POST", "/api/v1/payments", split.netloc,
+                "POST",
+                "/api/v1/payments",
+                split.netloc,
                 {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                 fig.payment_body(lines, self.run_id),
             ),
@@ -329,15 +347,23 @@ class Bench:
             say("stopping the service (SIGTERM) ...")
             serve_exit = await asyncio.to_thread(self.serve.stop)
             if serve_exit != 0:
-                say(f"the service did not exit 0 (status {serve_exit}); its log, {self.serve.log_path}, ends with:\n"
-                    f"{self.serve.log_tail()}")
+                say(
+                    f"the service did not exit 0 (status {serve_exit}); its log, {self.serve.log_path}, ends with:\n"
+                    f"{self.serve.log_tail()}"
+                )
             else:
                 self.serve.log_path.unlink(missing_ok=True)
 
         figures = self._figures(
-            state, tracker, offset_s=offset_s, drain_s=drain_s, pgbench_tps=pgbench_tps,
-            rows_written=after.rows_written - before.rows_written, wal_bytes=wal_bytes,
-            reconcile_clean=reconcile_clean, serve_exit=serve_exit,
+            state,
+            tracker,
+            offset_s=offset_s,
+            drain_s=drain_s,
+            pgbench_tps=pgbench_tps,
+            rows_written=after.rows_written - before.rows_written,
+            wal_bytes=wal_bytes,
+            reconcile_clean=reconcile_clean,
+            serve_exit=serve_exit,
         )
         for status, body in result["bodies"]:
             say(f"answer {status}: {body}")

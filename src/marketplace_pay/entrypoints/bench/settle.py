@@ -84,7 +84,10 @@ class SettleTracker:
             orders = [
                 OrderRow(*fields)
                 for fields in zip(
-                    row["order_ids"] or (), row["sellers"] or (), row["amounts"] or (), row["statuses"] or (),
+                    row["order_ids"] or (),
+                    row["sellers"] or (),
+                    row["amounts"] or (),
+                    row["statuses"] or (),
                     strict=True,
                 )
             ]

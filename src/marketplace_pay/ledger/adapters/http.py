@@ -49,7 +49,9 @@ BODY_SIZE_MAX = 1_000_000
 SELLER_ID_PATH = seller_id_schema()
 PAYMENT_ID_PATH = public_id_schema(PAYMENT_PREFIX, "pay_ + 11 base64url characters")
 ACCOUNT_CODE_PATH = string_schema(
-    ACCOUNT_CODE_PATTERN, max_length=ACCOUNT_CODE_LENGTH_MAX, description="TYPE.entity.CCY, e.g. MERCHANT_PAYABLE.SELLER-111.EUR"
+    ACCOUNT_CODE_PATTERN,
+    max_length=ACCOUNT_CODE_LENGTH_MAX,
+    description="TYPE.entity.CCY, e.g. MERCHANT_PAYABLE.SELLER-111.EUR",
 )
 
 
@@ -108,7 +110,13 @@ def _seller_links(source: str) -> dict[str, dict[str, Any]]:
         body=CreateSellerRequest,
         body_example={"sellerId": "SELLER-444", "currency": "USD", "commissionBps": 250},
         errors=problems(
-            400, 401, 403, 409, 413, 415, 503,
+            400,
+            401,
+            403,
+            409,
+            413,
+            415,
+            503,
             s400="Invalid body, or a reserved seller id (GLOBAL, me)",
             s409="The seller exists",
         ),
@@ -186,12 +194,14 @@ CURSOR_MAX = 2**63 - 1  # posting ids are bigints
         path={"account_code": ACCOUNT_CODE_PATH},
         query=[
             query_int_schema("limit", minimum=1, maximum=LIMIT_MAX, default=50, description="Postings per page"),
-            query_int_schema(
-                "after", minimum=0, maximum=CURSOR_MAX, description="The nextCursor of the previous page"
-            ),
+            query_int_schema("after", minimum=0, maximum=CURSOR_MAX, description="The nextCursor of the previous page"),
         ],
         errors=problems(
-            400, 401, 403, 404, 503,
+            400,
+            401,
+            403,
+            404,
+            503,
             s400="limit or after out of range or not an integer",
             s403="The token lacks the role, or a seller asked for another account than its own",
             s404="No such account",
@@ -229,7 +239,9 @@ class Journals(msgspec.Struct, frozen=True):
     summary="Every journal entry of a payment, with its postings",
     tags=["ledger"],
 )
-async def payment_journal_entries(payment_id: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]) -> Journals:
+async def payment_journal_entries(
+    payment_id: Annotated[str, PathParameter()], ledger: NamedDependency[Ledger]
+) -> Journals:
     internal = path_public_id(PAYMENT_PREFIX, payment_id, "payment")
     return Journals(data=await ledger.payment_journals(internal, payment_id))
 

@@ -145,7 +145,9 @@ SELECT journal_id, seq, tx, created_at FROM j
 """
 
 
-async def load_journals(conn: asyncpg.Connection | asyncpg.Pool, journal_ids: Sequence[str]) -> dict[str, StoredJournal]:
+async def load_journals(
+    conn: asyncpg.Connection | asyncpg.Pool, journal_ids: Sequence[str]
+) -> dict[str, StoredJournal]:
     """Journals as recorded, with their postings in recording order."""
     rows = await conn.fetch(
         """SELECT j.journal_id, j.journal_type, j.name, j.currency, j.seq, j.tx, j.created_at,
@@ -168,7 +170,9 @@ def _stored(rows: list[asyncpg.Record]) -> StoredJournal:
         JournalType(head["journal_type"]),
         head["name"],
         Currency(head["currency"]),
-        tuple(Posting(parse_account_code(r["account_code"]), Direction(r["direction"]), r["amount_minor"]) for r in rows),
+        tuple(
+            Posting(parse_account_code(r["account_code"]), Direction(r["direction"]), r["amount_minor"]) for r in rows
+        ),
     )
     return StoredJournal(entry, head["seq"], head["tx"], head["created_at"])
 
@@ -190,7 +194,9 @@ class PgLedgerReads:
     async def account_exists(self, account_code: str) -> bool:
         return bool(await self._pool.fetchval("SELECT true FROM accounts WHERE account_code = $1", account_code))
 
-    async def postings(self, account_code: str, *, limit: int, before_posting_id: int | None) -> tuple[list[PostingLine], bool]:
+    async def postings(
+        self, account_code: str, *, limit: int, before_posting_id: int | None
+    ) -> tuple[list[PostingLine], bool]:
         rows = await self._pool.fetch(
             """SELECT p.posting_id, p.journal_id, j.journal_type, p.account_code, p.direction, p.amount_minor,
                       p.signed_amount_minor, p.currency, p.created_at, j.payment_id, j.payment_order_id

@@ -69,8 +69,7 @@ async def onboard_seller(cmd: OnboardSeller, *, store: SellerStore, cache: Cache
     if seller is None:
         existing = await store.get(cmd.seller_id)
         raise ConflictError(
-            f"Seller {cmd.seller_id} already exists"
-            + (f" ({existing.account_code})" if existing else "")
+            f"Seller {cmd.seller_id} already exists" + (f" ({existing.account_code})" if existing else "")
         )
     return seller
 
@@ -104,7 +103,9 @@ class CachedSellers:
 
     async def many(self, seller_ids: Sequence[str]) -> list[Seller]:
         now = self._clock.now_ms()
-        stale = [s for s in dict.fromkeys(seller_ids) if (e := self._entries.get(s)) is None or now - e[0] > self._ttl_ms]
+        stale = [
+            s for s in dict.fromkeys(seller_ids) if (e := self._entries.get(s)) is None or now - e[0] > self._ttl_ms
+        ]
         if stale:
             found = {s.seller_id: s for s in await self.store.many(stale)}
             if len(self._entries) > 100_000:

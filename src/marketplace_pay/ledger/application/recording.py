@@ -98,7 +98,9 @@ class UnknownRecording(ValueError):
 def _authorization(e: Envelope[PaymentAuthorized]) -> Recording:
     d = e.data
     amount = Money(d.total_amount_minor, Currency(d.currency))
-    return Recording([journals.auth_hold(int(d.payment_id), amount)], JournalRef(int(d.payment_id), None, None, e.event_id), e)
+    return Recording(
+        [journals.auth_hold(int(d.payment_id), amount)], JournalRef(int(d.payment_id), None, None, e.event_id), e
+    )
 
 
 def _finalization(e: Envelope[PaymentOrderFinalized], commission_bps: int) -> Recording:
@@ -139,7 +141,11 @@ async def _record(recordings: Sequence[Recording], *, uow: Callable[[], LedgerUn
             traceparents=list(dict.fromkeys(tp for r in recordings if (tp := r.cause.traceparent))),
         )
         first = recordings[0].cause
-        tx.publish(envelope(recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=first.trace_id, caused_by=first))
+        tx.publish(
+            envelope(
+                recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=first.trace_id, caused_by=first
+            )
+        )
         await tx.commit()
 
 

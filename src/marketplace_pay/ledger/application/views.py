@@ -36,7 +36,9 @@ class JournalView(msgspec.Struct, frozen=True, rename="camel"):
 class LedgerReads(Protocol):
     async def account_exists(self, account_code: str) -> bool: ...
 
-    async def postings(self, account_code: str, *, limit: int, before_posting_id: int | None) -> tuple[list[PostingLine], bool]:
+    async def postings(
+        self, account_code: str, *, limit: int, before_posting_id: int | None
+    ) -> tuple[list[PostingLine], bool]:
         """The account's postings, newest first, keyset-paged by posting id: (lines, has_more)."""
         ...
 

@@ -84,7 +84,9 @@ class JournalEntry(msgspec.Struct, frozen=True):
         debits = sum(p.amount_minor for p in self.postings if p.direction is Direction.DEBIT)
         credits = sum(p.amount_minor for p in self.postings if p.direction is Direction.CREDIT)
         if debits != credits:
-            raise InvariantViolation(f"Unbalanced journal entry {self.journal_id}: debits {debits} != credits {credits}")
+            raise InvariantViolation(
+                f"Unbalanced journal entry {self.journal_id}: debits {debits} != credits {credits}"
+            )
 
 
 @cache  # one per type and currency: built once, not for every journal
@@ -99,7 +101,10 @@ def auth_hold(payment_id: int, amount: Money) -> JournalEntry:
         JournalType.AUTH_HOLD,
         "Authorization Hold",
         c,
-        (debit(_global(AccountType.AUTH_RECEIVABLE, c), amount), credit(_global(AccountType.AUTH_LIABILITY, c), amount)),
+        (
+            debit(_global(AccountType.AUTH_RECEIVABLE, c), amount),
+            credit(_global(AccountType.AUTH_LIABILITY, c), amount),
+        ),
     )
 
 
@@ -146,5 +151,8 @@ def auth_release(payment_order_id: int, amount: Money) -> JournalEntry:
         JournalType.AUTH_RELEASE,
         "Authorization Release",
         c,
-        (credit(_global(AccountType.AUTH_RECEIVABLE, c), amount), debit(_global(AccountType.AUTH_LIABILITY, c), amount)),
+        (
+            credit(_global(AccountType.AUTH_RECEIVABLE, c), amount),
+            debit(_global(AccountType.AUTH_LIABILITY, c), amount),
+        ),
     )

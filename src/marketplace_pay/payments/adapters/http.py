@@ -107,7 +107,9 @@ _EXAMPLE = {
 _TO_PAYMENT = {"operationId": "getPayment", "parameters": {"payment_id": "$response.body#/paymentId"}}
 _TO_JOURNAL = {"operationId": "getPaymentJournalEntries", "parameters": {"payment_id": "$response.body#/paymentId"}}
 _PAYMENT_LINKS = {"GetPayment": _TO_PAYMENT, "GetPaymentJournalEntries": _TO_JOURNAL}
-_REPLAYED = {"Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}}
+_REPLAYED = {
+    "Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}
+}
 
 
 @post(
@@ -120,7 +122,14 @@ _REPLAYED = {"Idempotent-Replayed": {"description": "true when this is a replay"
         body_example=_EXAMPLE,
         headers=[IDEMPOTENCY_KEY_HEADER],
         errors=problems(
-            400, 401, 403, 409, 413, 415, 422, 503,
+            400,
+            401,
+            403,
+            409,
+            413,
+            415,
+            422,
+            503,
             s400="Invalid body or Idempotency-Key; order amounts not summing to the total, a seller twice, "
             "or an order in another currency",
             s409="The same Idempotency-Key is still being processed",
@@ -137,7 +146,9 @@ _REPLAYED = {"Idempotent-Replayed": {"description": "true when this is a replay"
     summary="Create a payment and authorize it at the PSP",
     tags=["payments"],
 )
-async def create_payment_endpoint(request: Request[Any, Any, Any], payments: NamedDependency[Payments]) -> Response[PaymentView]:
+async def create_payment_endpoint(
+    request: Request[Any, Any, Any], payments: NamedDependency[Payments]
+) -> Response[PaymentView]:
     require_json(request)
     key = _idempotency_key(request)
     body = decode_body(await request.body(), CreatePaymentRequest)
@@ -183,7 +194,9 @@ async def create_payment_endpoint(request: Request[Any, Any, Any], payments: Nam
     summary="Get a payment with its payment orders",
     tags=["payments"],
 )
-async def get_payment_endpoint(payment_id: Annotated[str, PathParameter()], payments: NamedDependency[Payments]) -> PaymentView:
+async def get_payment_endpoint(
+    payment_id: Annotated[str, PathParameter()], payments: NamedDependency[Payments]
+) -> PaymentView:
     view = await payments.view(path_public_id(PAYMENT_PREFIX, payment_id, "payment"))
     if view is None:
         raise NotFoundError(f"Payment {payment_id} not found")

@@ -47,7 +47,9 @@ def _payment(row: asyncpg.Record) -> Payment:
         total=Money(row["total_amount_minor"], currency),
         captured=Money(row["captured_amount_minor"], currency),
         status=PaymentStatus(row["status"]),
-        lines=[PaymentLine(line.payment_order_id, line.seller_id, Money(line.amount_minor, currency)) for line in lines],
+        lines=[
+            PaymentLine(line.payment_order_id, line.seller_id, Money(line.amount_minor, currency)) for line in lines
+        ],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         orders_open=row["orders_open"],
@@ -114,7 +116,9 @@ class PgPaymentStore:
             payment.total.amount_minor,
             payment.captured.amount_minor,
             payment.status.value,
-            _LINES.encode([_Line(line.payment_order_id, line.seller_id, line.amount.amount_minor) for line in payment.lines]).decode(),
+            _LINES.encode(
+                [_Line(line.payment_order_id, line.seller_id, line.amount.amount_minor) for line in payment.lines]
+            ).decode(),
             payment.created_at,
             payment.updated_at,
             trace_id,
@@ -217,7 +221,6 @@ class PgPaymentStore:
         return [PendingAuthorization(_payment(r), r["trace_id"], r["traceparent"]) for r in rows]
 
 
-
 # -- reads ---------------------------------------------------------------------------------------
 
 
@@ -236,4 +239,3 @@ class PgPaymentViews:
             )
         states = {o["payment_order_id"]: OrderState(o["status"], o["retry_count"], o["updated_at"]) for o in orders}
         return payment_view(_payment(row), states)
-

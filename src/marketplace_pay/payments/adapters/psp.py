@@ -177,7 +177,10 @@ class SimulatedAuthorizationGateway(_Simulator):
     ) -> AuthorizationOutcome | None:
         outcome, _ = self._outcome(payment_id, buyer_id)
         self.log.record(
-            "authorization_status", str(payment_id), outcome.value, answered=True,
+            "authorization_status",
+            str(payment_id),
+            outcome.value,
+            answered=True,
             subject=("paymentId", public_payment_id(payment_id)),
         )
         return outcome
@@ -209,7 +212,9 @@ class SimulatedCaptureGateway(_Simulator):
             latency_ms = self.scenario.replay_ms
         return await self._answer("capture", idempotency_key, outcome, latency_ms, ("paymentOrderId", payment_order_id))
 
-    async def capture_status(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome | None:
+    async def capture_status(
+        self, *, idempotency_key: str, payment_order_id: str, amount: Money
+    ) -> CaptureOutcome | None:
         outcome, _ = self.outcome(idempotency_key, amount)
         self._replay(idempotency_key)
         return await self._answer(

@@ -61,7 +61,9 @@ class RedisRetryQueue:
             await self._redis.zrem(self.inflight_key, *(_member(po, attempt) for po, attempt in items))
 
     async def reclaim(self, *, now_ms: int, older_than_ms: int, limit: int = 1000) -> int:
-        return int(await self._reclaim(keys=[self.queue_key, self.inflight_key], args=[now_ms, now_ms - older_than_ms, limit]))
+        return int(
+            await self._reclaim(keys=[self.queue_key, self.inflight_key], args=[now_ms, now_ms - older_than_ms, limit])
+        )
 
     async def sizes(self) -> tuple[int, int]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -163,17 +163,29 @@ class Capturer:
                 attempt=order.retry_count,
                 now=now,
                 max_retries=p.max_retries,
-                retry_delay_ms=equal_jitter_backoff_ms(order.retry_count + 1, base_ms=p.base_ms, cap_ms=p.cap_ms, rng=self._rng),
+                retry_delay_ms=equal_jitter_backoff_ms(
+                    order.retry_count + 1, base_ms=p.base_ms, cap_ms=p.cap_ms, rng=self._rng
+                ),
             )
             changes.append((order, before))
             if status.terminal:
-                finalized = PaymentOrderFinalized(**order_fields(order, now), status=status, retry_count=order.retry_count)
+                finalized = PaymentOrderFinalized(
+                    **order_fields(order, now), status=status, retry_count=order.retry_count
+                )
                 events.append(
-                    envelope(finalized, aggregate_id=str(order.payment_order_id), timestamp=now, trace_id=cause.trace_id, caused_by=cause)
+                    envelope(
+                        finalized,
+                        aggregate_id=str(order.payment_order_id),
+                        timestamp=now,
+                        trace_id=cause.trace_id,
+                        caused_by=cause,
+                    )
                 )
             else:
                 assert order.next_retry_at is not None
-                scheduled.append((order.payment_order_id, order.retry_count, int(order.next_retry_at.timestamp() * 1000)))
+                scheduled.append(
+                    (order.payment_order_id, order.retry_count, int(order.next_retry_at.timestamp() * 1000))
+                )
         applied = await self.store.save_attempts(changes, events)
         faults.hit("capture.after_commit")
         scheduled = [item for item in scheduled if item[0] in applied]
@@ -181,7 +193,9 @@ class Capturer:
             try:
                 await self.retries.schedule(scheduled)
             except Exception as exc:  # noqa: BLE001 - Postgres has next_retry_at; the requeue job repairs
-                log.warning("could not schedule retries in Redis", extra={"retries": len(scheduled), "error": repr(exc)})
+                log.warning(
+                    "could not schedule retries in Redis", extra={"retries": len(scheduled), "error": repr(exc)}
+                )
 
 
 # -- 1. PaymentAuthorized → orders → attempt 0 -----------------------------------------------
@@ -243,9 +257,7 @@ async def dispatch_due_retries(
     return dispatched
 
 
-async def _command(
-    uow: Callable[[], RetryUnitOfWork], attempts: dict[int, int], *, clock: Clock, touch: bool
-) -> int:
+async def _command(uow: Callable[[], RetryUnitOfWork], attempts: dict[int, int], *, clock: Clock, touch: bool) -> int:
     """Publish CapturePaymentOrder for each order still waiting for the given attempt."""
     now = clock.now()
     dispatched = []

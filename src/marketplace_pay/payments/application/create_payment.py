@@ -116,7 +116,9 @@ async def seller_problems(cmd: CreatePayment, directory: SellerDirectory) -> lis
             errors.append(FieldError(field, f"seller {line.seller_id} is not active ({account.status})"))
         elif account.currency != cmd.total.currency:
             errors.append(
-                FieldError(field, f"seller {line.seller_id} settles in {account.currency}, payment is in {cmd.total.currency}")
+                FieldError(
+                    field, f"seller {line.seller_id} settles in {account.currency}, payment is in {cmd.total.currency}"
+                )
             )
     return errors
 
@@ -128,7 +130,9 @@ def new_payment(cmd: CreatePayment, *, ids: IdGenerator, clock: Clock) -> Paymen
         order_id=cmd.order_id,
         total=cmd.total,
         lines=[
-            PaymentLine(payment_order_id=ids.next_id(seller_shard(line.seller_id)), seller_id=line.seller_id, amount=line.amount)
+            PaymentLine(
+                payment_order_id=ids.next_id(seller_shard(line.seller_id)), seller_id=line.seller_id, amount=line.amount
+            )
             for line in cmd.lines
         ],
         now=clock.now(),
@@ -277,7 +281,9 @@ async def _final_outcome(payment: Payment, psp: AuthorizationGateway) -> Authori
                 payment_id=payment.payment_id, buyer_id=payment.buyer_id, amount=payment.total
             )
             if status is None:  # the PSP never saw it (we died before asking): ask now, same key
-                status = await psp.authorize(payment_id=payment.payment_id, buyer_id=payment.buyer_id, amount=payment.total)
+                status = await psp.authorize(
+                    payment_id=payment.payment_id, buyer_id=payment.buyer_id, amount=payment.total
+                )
             return status
     except (TimeoutError, PspTimeout, PspUnavailable):
         log.warning("psp status unavailable, will retry", extra={"paymentId": payment.public_id})

@@ -64,7 +64,9 @@ class CaptureGateway(Protocol):
         whether or not the caller waits for the answer. Raises PspUnavailable."""
         ...
 
-    async def capture_status(self, *, idempotency_key: str, payment_order_id: str, amount: Money) -> CaptureOutcome | None:
+    async def capture_status(
+        self, *, idempotency_key: str, payment_order_id: str, amount: Money
+    ) -> CaptureOutcome | None:
         """What the PSP did with the capture of `amount` sent under `idempotency_key`; None if it
         never received one. Raises PspUnavailable."""
         ...

@@ -64,7 +64,12 @@ class PaymentsPorts:
 
 class Payments:
     def __init__(
-        self, ports: PaymentsPorts, *, policy: PaymentsPolicy, capture_policy: CapturePolicy, clock: Clock,
+        self,
+        ports: PaymentsPorts,
+        *,
+        policy: PaymentsPolicy,
+        capture_policy: CapturePolicy,
+        clock: Clock,
         rng: random.Random | None = None,
     ) -> None:
         self._ports = ports
@@ -83,8 +88,15 @@ class Payments:
     async def create(self, cmd: CreatePayment, *, render: Render) -> CreatePaymentResult:
         p = self._ports
         return await create_payment(
-            cmd, render=render, store=p.store, sellers=p.sellers, psp=p.authorizer, ids=p.ids, clock=self._clock,
-            auth_timeout_ms=self._policy.auth_timeout_ms, in_progress_ms=self._policy.in_progress_ms,
+            cmd,
+            render=render,
+            store=p.store,
+            sellers=p.sellers,
+            psp=p.authorizer,
+            ids=p.ids,
+            clock=self._clock,
+            auth_timeout_ms=self._policy.auth_timeout_ms,
+            in_progress_ms=self._policy.in_progress_ms,
         )
 
     async def view(self, payment_id: int) -> PaymentView | None:
@@ -97,16 +109,22 @@ class Payments:
 
     async def resolve_pending_authorizations(self) -> int:
         return await resolve_pending_authorizations(
-            store=self._ports.store, psp=self._ports.authorizer, clock=self._clock,
+            store=self._ports.store,
+            psp=self._ports.authorizer,
+            clock=self._clock,
             older_than_ms=self._policy.pending_auth_check_after_ms,
         )
 
     async def dispatch_due_retries(self) -> int:
-        return await capture.dispatch_due_retries(uow=self._ports.retry_uow, retries=self._ports.retries, clock=self._clock)
+        return await capture.dispatch_due_retries(
+            uow=self._ports.retry_uow, retries=self._ports.retries, clock=self._clock
+        )
 
     async def requeue_lost_retries(self) -> int:
         return await capture.requeue_lost_retries(
-            store=self._ports.capture, retries=self._ports.retries, clock=self._clock,
+            store=self._ports.capture,
+            retries=self._ports.retries,
+            clock=self._clock,
             overdue_ms=self._policy.retry_requeue_after_ms,
         )
 
@@ -120,7 +138,9 @@ class Payments:
 
     async def sweep_stuck_orders(self) -> int:
         return await capture.sweep_stuck_orders(
-            store=self._ports.capture, uow=self._ports.retry_uow, clock=self._clock,
+            store=self._ports.capture,
+            uow=self._ports.retry_uow,
+            clock=self._clock,
             stuck_after_s=self._policy.stuck_after_s,
         )
 

@@ -1,8 +1,8 @@
 """Messages of the payments context, with deterministic ids: the same fact always has the same id.
 
-    PaymentAuthorized     event    a payment was authorized; its orders are to be captured
-    CapturePaymentOrder   command  call the PSP again for one order (a due retry)
-    PaymentOrderFinalized event    an order reached CAPTURED or CAPTURE_FAILED
+PaymentAuthorized     event    a payment was authorized; its orders are to be captured
+CapturePaymentOrder   command  call the PSP again for one order (a due retry)
+PaymentOrderFinalized event    an order reached CAPTURED or CAPTURE_FAILED
 """
 
 from __future__ import annotations

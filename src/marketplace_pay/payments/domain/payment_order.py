@@ -114,7 +114,9 @@ class PaymentOrder:
         self.updated_at = updated_at
 
     @classmethod
-    def create(cls, *, payment_order_id: int, payment_id: int, seller_id: str, amount: Money, now: datetime) -> PaymentOrder:
+    def create(
+        cls, *, payment_order_id: int, payment_id: int, seller_id: str, amount: Money, now: datetime
+    ) -> PaymentOrder:
         return cls(
             payment_order_id=payment_order_id,
             payment_id=payment_id,
