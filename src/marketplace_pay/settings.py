@@ -31,13 +31,14 @@ def setting(
     doc: str,
     *,
     minimum: int | None = None,
+    maximum: int | None = None,
     choices: tuple[str, ...] = (),
     env: str = "",
     secret: bool = False,
     factory: Any = None,
 ) -> Any:
     """A field of a settings group: its default, what it means, and how its value is checked."""
-    meta = {"doc": doc, "minimum": minimum, "choices": choices, "env": env, "secret": secret}
+    meta = {"doc": doc, "minimum": minimum, "maximum": maximum, "choices": choices, "env": env, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -106,6 +107,7 @@ class Psp:
     )
     call_log: Path | None = setting(None, "file the simulator appends every call to (JSON lines)")
     max_inflight: int = setting(256, "PSP calls in flight at once, per process", minimum=1)
+    fee_bps: int = setting(30, "the PSP's fee on what it settles, in basis points", maximum=10000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,28 @@ class Outbox:
     poll_ms: int = setting(50, "relay fallback poll (a commit wakes it at once)", minimum=10)
     inflight_max: int = setting(5000, "rows published but not yet handled, per process", minimum=1)
     retention_s: int = setting(600, "published rows are kept this long (whole time partitions are dropped)")
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    """Seller payouts."""
+
+    PREFIX: ClassVar[str] = "MP_PAYOUT_"
+    schedule: str | None = setting(None, "cron expression (5 fields, UTC) of automatic payouts; unset: none")
+    minimum_minor: int = setting(
+        1000, "automatic payouts skip sellers whose available balance is below this", minimum=1
+    )
+    bank_timeout_ms: int = setting(
+        2000, "budget of one call to the bank; past it the outcome is unknown (asked again)", minimum=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """PSP settlement."""
+
+    PREFIX: ClassVar[str] = "MP_SETTLEMENT_"
+    schedule: str | None = setting(None, "cron expression (5 fields, UTC) of automatic settlement runs; unset: none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +280,8 @@ class Settings:
     pending_auth: PendingAuth = field(default_factory=PendingAuth)
     idempotency: Idempotency = field(default_factory=Idempotency)
     sweep: Sweep = field(default_factory=Sweep)
+    payout: Payout = field(default_factory=Payout)
+    settlement: Settlement = field(default_factory=Settlement)
     outbox: Outbox = field(default_factory=Outbox)
     bus: Bus = field(default_factory=Bus)
     handler: Handler = field(default_factory=Handler)
@@ -342,6 +368,8 @@ def _parse(group: type, f: dataclasses.Field[Any], raw: str) -> Any:
         minimum = f.metadata["minimum"] if f.metadata["minimum"] is not None else 0
         if value < minimum:
             raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        if f.metadata["maximum"] is not None and value > f.metadata["maximum"]:
+            raise SettingsError(f"{name} must be <= {f.metadata['maximum']}, got {value}")
         return value
     if f.metadata["choices"]:
         choice = raw.upper() if f.metadata["choices"][0].isupper() else raw.lower()

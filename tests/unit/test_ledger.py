@@ -320,3 +320,58 @@ async def test_a_capture_for_a_seller_the_directory_does_not_know_is_refused_not
     with pytest.raises(UnknownSeller, match="SELLER-999"):
         await record_finalizations([env], uow=lambda: FakeLedgerUnitOfWork(w.db), rates=NoRates(), clock=w.clock)
     assert w.db.tables.journals == {}  # nothing recorded: retried, then dead-lettered
+
+
+def test_money_out_journals_have_the_documented_postings() -> None:
+    from marketplace_pay.ledger.domain import journal as j
+
+    eur = lambda n: Money(n, EUR)  # noqa: E731
+    M = "MERCHANT_PAYABLE.S-1.EUR"
+
+    def lines(entry: JournalEntry) -> list[tuple[str, str, int]]:
+        return [(p.account.code, p.direction.value, p.amount_minor) for p in entry.postings]
+
+    assert lines(j.refund(7, "S-1", eur(300))) == [(M, "DEBIT", 300), ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 300)]
+    fee_back = j.commission_refund(7, "S-1", eur(15))
+    assert fee_back is not None and lines(fee_back) == [
+        ("PLATFORM_COMMISSION_REVENUE.GLOBAL.EUR", "DEBIT", 15),
+        (M, "CREDIT", 15),
+    ]
+    assert j.commission_refund(7, "S-1", eur(0)) is None
+    assert lines(j.payout(8, "S-1", eur(900))) == [(M, "DEBIT", 900), ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "CREDIT", 900)]
+    assert lines(j.payout_paid(8, eur(900))) == [
+        ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "DEBIT", 900),
+        ("PLATFORM_CASH.GLOBAL.EUR", "CREDIT", 900),
+    ]
+    assert lines(j.payout_returned(8, "S-1", eur(900))) == [
+        ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "DEBIT", 900),
+        (M, "CREDIT", 900),
+    ]
+    assert lines(j.settlement(9, eur(10_000), 30)) == [
+        ("PLATFORM_CASH.GLOBAL.EUR", "DEBIT", 9_970),
+        ("PSP_FEE_EXPENSE.GLOBAL.EUR", "DEBIT", 30),
+        ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 10_000),
+    ]
+    assert lines(j.settlement(9, eur(10), 30)) == [
+        ("PLATFORM_CASH.GLOBAL.EUR", "DEBIT", 10),
+        ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 10),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("refund", "rest", "refunded_before", "expected"),
+    [
+        (300, 700, 0, 15),  # 5 % of 300
+        (333, 667, 0, 17),  # half up
+        (700, 0, 15, 35),  # the rest of the order: the rest of the fee (50 − 15), not 5 % of 700
+        (100, 0, 50, 0),  # nothing left of the fee
+        (999, 1, 0, 50),  # never more than the fee
+    ],
+)
+def test_a_refund_gives_the_commission_back_pro_rata_and_the_last_one_all_that_is_left(
+    refund: int, rest: int, refunded_before: int, expected: int
+) -> None:
+    from marketplace_pay.ledger.domain.journal import refunded_fee
+
+    got = refunded_fee(refund, commission_bps=500, fee_minor=50, fee_refunded_minor=refunded_before, rest_minor=rest)
+    assert got == expected

@@ -31,6 +31,9 @@ SELLER_SHARDS = 32
 
 PAYMENT_PREFIX = "pay_"
 PAYMENT_ORDER_PREFIX = "po_"
+REFUND_PREFIX = "rf_"
+PAYOUT_PREFIX = "pout_"
+SETTLEMENT_PREFIX = "stl_"
 
 
 def java_string_hash(text: str) -> int:
@@ -142,3 +145,15 @@ def public_payment_id(payment_id: int) -> str:
 
 def public_payment_order_id(payment_order_id: int) -> str:
     return encode_public_id(PAYMENT_ORDER_PREFIX, payment_order_id)
+
+
+def public_refund_id(refund_id: int) -> str:
+    return encode_public_id(REFUND_PREFIX, refund_id)
+
+
+def public_payout_id(payout_id: int) -> str:
+    return encode_public_id(PAYOUT_PREFIX, payout_id)
+
+
+def public_settlement_id(settlement_id: int) -> str:
+    return encode_public_id(SETTLEMENT_PREFIX, settlement_id)

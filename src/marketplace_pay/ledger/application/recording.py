@@ -39,7 +39,7 @@ RECORD_FINALIZATIONS = "ledger-record-finalizations"
 class JournalRef(msgspec.Struct, frozen=True):
     """What a journal is about, for the statement and the journal-entries reads."""
 
-    payment_id: int
+    payment_id: int | None  # None: not about one payment (a payout, a settlement)
     payment_order_id: int | None
     seller_id: str | None
     source_event_id: str

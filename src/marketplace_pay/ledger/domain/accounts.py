@@ -28,6 +28,7 @@ class AccountType(StrEnum):
     MERCHANT_PAYABLE = "MERCHANT_PAYABLE"
     PLATFORM_COMMISSION_REVENUE = "PLATFORM_COMMISSION_REVENUE"
     PSP_FEE_EXPENSE = "PSP_FEE_EXPENSE"
+    PAYOUTS_IN_TRANSIT = "PAYOUTS_IN_TRANSIT"  # paid out to a seller, not yet confirmed by the bank
     INTERCHANGE_FEES = "INTERCHANGE_FEES"
     SCHEME_FEES = "SCHEME_FEES"
     BANK_FEES = "BANK_FEES"
@@ -45,6 +46,7 @@ _NORMAL = {
     AccountType.MERCHANT_PAYABLE: NormalBalance.CREDIT,
     AccountType.PLATFORM_COMMISSION_REVENUE: NormalBalance.CREDIT,
     AccountType.PSP_FEE_EXPENSE: NormalBalance.DEBIT,
+    AccountType.PAYOUTS_IN_TRANSIT: NormalBalance.CREDIT,
     AccountType.INTERCHANGE_FEES: NormalBalance.DEBIT,
     AccountType.SCHEME_FEES: NormalBalance.DEBIT,
     AccountType.BANK_FEES: NormalBalance.DEBIT,

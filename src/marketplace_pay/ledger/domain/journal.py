@@ -10,8 +10,19 @@ recording the same fact twice finds the first journal instead of writing a secon
     COMMISSION:<paymentOrderId>    DR MERCHANT_PAYABLE.<seller> fee
                                    CR PLATFORM_COMMISSION_REVENUE fee          (only if fee > 0)
     AUTH_RELEASE:<paymentOrderId>  CR AUTH_RECEIVABLE a        DR AUTH_LIABILITY a
+    REFUND:<refundId>              DR MERCHANT_PAYABLE.<seller> r  CR PSP_RECEIVABLES r
+    COMMISSION_REFUND:<refundId>   DR PLATFORM_COMMISSION_REVENUE f
+                                   CR MERCHANT_PAYABLE.<seller> f              (only if f > 0)
+    PAYOUT:<payoutId>              DR MERCHANT_PAYABLE.<seller> p  CR PAYOUTS_IN_TRANSIT p
+    PAYOUT_PAID:<payoutId>         DR PAYOUTS_IN_TRANSIT p     CR PLATFORM_CASH p
+    PAYOUT_RETURNED:<payoutId>     DR PAYOUTS_IN_TRANSIT p     CR MERCHANT_PAYABLE.<seller> p
+    SETTLEMENT:<settlementId>      DR PLATFORM_CASH net        DR PSP_FEE_EXPENSE fee
+                                   CR PSP_RECEIVABLES gross
 
-fee = (a × commissionBps + 5000) // 10000 (half up, in minor units).
+fee = (a × commissionBps + 5000) // 10000 (half up, in minor units). A refund gives back the
+commission pro rata: f = min(fee − fee refunded so far, (r × commissionBps + 5000) // 10000), and
+the refund of everything still captured gives back everything left of the fee. The PSP's fee on
+a settlement is (gross × feeBps + 5000) // 10000.
 """
 
 from __future__ import annotations
@@ -36,6 +47,12 @@ class JournalType(StrEnum):
     CAPTURE = "CAPTURE"
     COMMISSION_FEE = "COMMISSION_FEE"
     AUTH_RELEASE = "AUTH_RELEASE"
+    REFUND = "REFUND"
+    COMMISSION_REFUND = "COMMISSION_REFUND"
+    PAYOUT = "PAYOUT"
+    PAYOUT_PAID = "PAYOUT_PAID"
+    PAYOUT_RETURNED = "PAYOUT_RETURNED"
+    SETTLEMENT = "SETTLEMENT"
 
 
 class Posting(msgspec.Struct, frozen=True):
@@ -156,3 +173,99 @@ def auth_release(payment_order_id: int, amount: Money) -> JournalEntry:
             debit(_global(AccountType.AUTH_LIABILITY, c), amount),
         ),
     )
+
+
+# -- money out --------------------------------------------------------------------------------
+
+
+def refund(refund_id: int, seller_id: str, amount: Money) -> JournalEntry:
+    c = amount.currency
+    return JournalEntry(
+        f"REFUND:{refund_id}",
+        JournalType.REFUND,
+        "Refund",
+        c,
+        (debit(Account.merchant(seller_id, c), amount), credit(_global(AccountType.PSP_RECEIVABLES, c), amount)),
+    )
+
+
+def refunded_fee(
+    refund_minor: int, *, commission_bps: int, fee_minor: int, fee_refunded_minor: int, rest_minor: int
+) -> int:
+    """The commission a refund of `refund_minor` gives back: pro rata, never more than is left of
+    the order's fee, and all of what is left when nothing captured remains (`rest_minor`, what is
+    still captured and not refunded after this refund, is 0)."""
+    left = fee_minor - fee_refunded_minor
+    if left <= 0:
+        return 0
+    if rest_minor == 0:
+        return left
+    return min(left, commission_fee(refund_minor, commission_bps))
+
+
+def commission_refund(refund_id: int, seller_id: str, fee: Money) -> JournalEntry | None:
+    if fee.amount_minor == 0:
+        return None
+    c = fee.currency
+    return JournalEntry(
+        f"COMMISSION_REFUND:{refund_id}",
+        JournalType.COMMISSION_REFUND,
+        "Commission refund",
+        c,
+        (debit(_global(AccountType.PLATFORM_COMMISSION_REVENUE, c), fee), credit(Account.merchant(seller_id, c), fee)),
+    )
+
+
+def payout(payout_id: int, seller_id: str, amount: Money) -> JournalEntry:
+    c = amount.currency
+    return JournalEntry(
+        f"PAYOUT:{payout_id}",
+        JournalType.PAYOUT,
+        "Seller payout",
+        c,
+        (debit(Account.merchant(seller_id, c), amount), credit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount)),
+    )
+
+
+def payout_paid(payout_id: int, amount: Money) -> JournalEntry:
+    c = amount.currency
+    return JournalEntry(
+        f"PAYOUT_PAID:{payout_id}",
+        JournalType.PAYOUT_PAID,
+        "Payout paid by the bank",
+        c,
+        (
+            debit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount),
+            credit(_global(AccountType.PLATFORM_CASH, c), amount),
+        ),
+    )
+
+
+def payout_returned(payout_id: int, seller_id: str, amount: Money) -> JournalEntry:
+    c = amount.currency
+    return JournalEntry(
+        f"PAYOUT_RETURNED:{payout_id}",
+        JournalType.PAYOUT_RETURNED,
+        "Payout returned to the seller",
+        c,
+        (debit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount), credit(Account.merchant(seller_id, c), amount)),
+    )
+
+
+def psp_fee(gross_minor: int, fee_bps: int) -> int:
+    if not 0 <= fee_bps <= 10000:
+        raise InvariantViolation(f"PSP fee must be 0..10000 bps, got {fee_bps}")
+    return (gross_minor * fee_bps + 5000) // 10000
+
+
+def settlement(settlement_id: int, gross: Money, fee_bps: int) -> JournalEntry:
+    """The PSP pays `gross` minus its fee into the platform's cash."""
+    c = gross.currency
+    fee = Money(psp_fee(gross.amount_minor, fee_bps), c)
+    net = Money(gross.amount_minor - fee.amount_minor, c)
+    postings = [credit(_global(AccountType.PSP_RECEIVABLES, c), gross)]
+    if net.amount_minor > 0:
+        postings.insert(0, debit(_global(AccountType.PLATFORM_CASH, c), net))
+    if fee.amount_minor > 0:
+        postings.insert(1 if net.amount_minor > 0 else 0, debit(_global(AccountType.PSP_FEE_EXPENSE, c), fee))
+    return JournalEntry(f"SETTLEMENT:{settlement_id}", JournalType.SETTLEMENT, "PSP settlement", c, tuple(postings))

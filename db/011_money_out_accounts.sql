@@ -1,0 +1,13 @@
+-- Money out: the journal types of refunds, payouts and PSP settlement, and the account that holds
+-- payouts on their way to a seller's bank (PAYOUTS_IN_TRANSIT, a liability), per currency.
+
+ALTER TABLE journal_entries DROP CONSTRAINT journal_entries_journal_type_check;
+ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_journal_type_check CHECK (journal_type IN (
+    'AUTH_HOLD', 'CAPTURE', 'COMMISSION_FEE', 'AUTH_RELEASE',
+    'REFUND', 'COMMISSION_REFUND', 'PAYOUT', 'PAYOUT_PAID', 'PAYOUT_RETURNED', 'SETTLEMENT'));
+
+INSERT INTO account_types VALUES ('PAYOUTS_IN_TRANSIT', 'CREDIT', 'LIABILITY');
+
+INSERT INTO accounts (account_code, account_type, entity_id, currency)
+SELECT 'PAYOUTS_IN_TRANSIT.GLOBAL.' || c.currency, 'PAYOUTS_IN_TRANSIT', 'GLOBAL', c.currency
+FROM (VALUES ('EUR'), ('USD'), ('GBP')) AS c(currency);
