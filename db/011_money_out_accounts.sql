@@ -4,7 +4,8 @@
 ALTER TABLE journal_entries DROP CONSTRAINT journal_entries_journal_type_check;
 ALTER TABLE journal_entries ADD CONSTRAINT journal_entries_journal_type_check CHECK (journal_type IN (
     'AUTH_HOLD', 'CAPTURE', 'COMMISSION_FEE', 'AUTH_RELEASE',
-    'REFUND', 'COMMISSION_REFUND', 'PAYOUT', 'PAYOUT_PAID', 'PAYOUT_RETURNED', 'SETTLEMENT'));
+    'REFUND', 'COMMISSION_REFUND', 'PAYOUT', 'PAYOUT_PAID', 'PAYOUT_RETURNED', 'SETTLEMENT',
+    'ADJUSTMENT'));  -- an operator's correction, written by hand
 
 INSERT INTO account_types VALUES ('PAYOUTS_IN_TRANSIT', 'CREDIT', 'LIABILITY');
 

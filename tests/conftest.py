@@ -148,7 +148,7 @@ def make_settings(dsn: str, redis_url: str, redis_prefix: str, data_dir: str, **
 
 
 @pytest.fixture
-def settings_for(redis_url: str, redis_prefix: str, tmp_path: object):  # noqa: ANN201
+def settings_for(redis_url: str, redis_prefix: str, tmp_path: object):
     """settings_for(dsn, **overrides) -> Settings pointing at the test services."""
 
     def build(dsn: str, **overrides: object) -> Settings:

@@ -8,7 +8,7 @@ from typing import Any
 
 from marketplace_pay.bootstrap import Ports, bootstrap
 from marketplace_pay.payments.adapters.http import render
-from marketplace_pay.payments.application.create_payment import CreatePayment, Created, LineRequest
+from marketplace_pay.payments.application.create_payment import Created, CreatePayment, LineRequest
 from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureOutcome, Keyed
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.clock import FixedClock
@@ -39,7 +39,7 @@ class NoDeadLetters:
     async def record(self, **_: object) -> None:
         raise AssertionError("unexpected dead letter")
 
-    async def list(self, **_: object) -> list[Any]:
+    async def find(self, **_: object) -> list[Any]:
         return []
 
     async def replay(self, **_: object) -> list[Any]:

@@ -319,7 +319,8 @@ class Settings:
             # a realm's JWKS signs the tokens of every client of the realm: only the audience
             # says which of them are meant for this service
             raise SettingsError(
-                "MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set (the client id tokens for this service carry in aud)"
+                "MP_JWT_AUDIENCE is required when MP_JWT_JWKS_URL is set "
+                "(the client id tokens for this service carry in aud)"
             )
         if self.jwt.secret is not None:
             check_jwt_secret(self.jwt.secret)

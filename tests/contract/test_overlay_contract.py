@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
 from marketplace_pay.balances import Entry, OverlayUnavailable
-from tests.services import free_port
+from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
 from tests.fakes import FakeOverlay
+from tests.services import free_port
 
 
 @pytest.fixture(params=["fake", "redis"])

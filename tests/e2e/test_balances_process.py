@@ -148,7 +148,7 @@ async def test_redis_flushed_mid_run_then_reconcile_repair(
             await asyncio.sleep(0.2)
     finally:
         await conn.close()
-    code, before = reconcile_cli(service)  # folds first; the overlay lost entries above the horizon
+    code, _before = reconcile_cli(service)  # folds first; the overlay lost entries above the horizon
     code, report = reconcile_cli(service, "--repair")
     assert code == 0, report
     assert report["repaired"] and report["ok"]

@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.harness import ServiceProcess, auth, payment_body
 
-
 PASSED = "(o.tx, o.id) <= (c.tx, c.id)"  # the shard's cursor is past the row: it was delivered
 
 
@@ -58,7 +57,7 @@ async def records_with_event_id(bootstrap: str, topic: str, event_id: str) -> in
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh client needs metadata
+            await consumer._client.force_metadata_update()
             partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

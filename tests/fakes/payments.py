@@ -19,6 +19,8 @@ from marketplace_pay.payments.application.ports import (
     OrderChange,
     PendingAuthorization,
     PspTimeout,
+)
+from marketplace_pay.payments.application.ports import (
     StoredPayment as FoundPayment,
 )
 from marketplace_pay.payments.application.views import OrderState, PaymentView, payment_view

@@ -65,7 +65,7 @@ async def test_the_heartbeat_re_leases_after_a_lost_session(fresh_database: str)
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'proc-a:locks'"
         )
-        with pytest.raises(Exception):  # noqa: B017 - asyncpg reports a killed session in several ways
+        with pytest.raises(Exception):  # noqa: B017, PT011 - asyncpg reports a killed session in several ways
             await gen.heartbeat()  # notices the dead session
         assert a.generation == 1
         await gen.heartbeat()  # reconnects and leases again (its own stale row is reusable)

@@ -432,7 +432,7 @@ async def test_poison_events_are_isolated_dead_lettered_and_replayable(pool: asy
         await wait_handled(pool)
         assert sorted(good, key=lambda s: int(s.split(":")[1])) == [f"k:{n}" for n in range(20) if n != 13]
         dead_letters = PgDeadLetters(pool)
-        [dead] = await dead_letters.list()
+        [dead] = await dead_letters.find()
         assert (dead.consumer, dead.event_id, dead.attempts) == ("picky", "k:13", 3)
         assert "cannot handle 13" in dead.error
         assert await dead_letters.gauge() == 1
@@ -441,8 +441,8 @@ async def test_poison_events_are_isolated_dead_lettered_and_replayable(pool: asy
         assert replayed.replayed_at is not None
         await wait_handled(pool)
         assert "k:13" in good
-        assert await dead_letters.list() == [] and await dead_letters.gauge() == 0
-        assert [d.event_id for d in await dead_letters.list(include_replayed=True)] == ["k:13"]
+        assert await dead_letters.find() == [] and await dead_letters.gauge() == 0
+        assert [d.event_id for d in await dead_letters.find(include_replayed=True)] == ["k:13"]
     finally:
         await stopped(relay, bus)
 

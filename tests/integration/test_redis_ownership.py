@@ -7,8 +7,8 @@ import secrets
 import asyncpg
 import redis.asyncio as aioredis
 
-from marketplace_pay.infra.resources import claim_redis
 from marketplace_pay.infra.db import create_pool
+from marketplace_pay.infra.resources import claim_redis
 
 
 async def test_redis_keys_of_another_database_are_cleared(

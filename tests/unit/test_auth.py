@@ -166,7 +166,7 @@ def test_a_jwks_without_an_audience_is_refused_at_start() -> None:
     ],
 )
 def test_guessable_jwt_secrets_are_refused_with_the_way_to_make_one(secret: str) -> None:
-    with pytest.raises(SettingsError, match="secrets.token_urlsafe") as refused:
+    with pytest.raises(SettingsError, match=r"secrets\.token_urlsafe") as refused:
         Settings.from_env({"MP_JWT_SECRET": secret})
     assert secret not in str(refused.value)  # the refusal never echoes the secret
 
@@ -223,7 +223,9 @@ def test_threads_racing_for_the_generated_secret_all_get_the_same_one(tmp_path: 
         barrier = threading.Barrier(12)
         results: list[str] = []
 
-        def resolve(data_dir: Path = data_dir, barrier: threading.Barrier = barrier) -> None:
+        def resolve(
+            data_dir: Path = data_dir, barrier: threading.Barrier = barrier, results: list[str] = results
+        ) -> None:
             barrier.wait()
             try:
                 results.append(resolve_jwt_secret(None, data_dir))

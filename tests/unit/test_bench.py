@@ -22,9 +22,9 @@ from marketplace_pay.entrypoints.bench.figures import (
     table,
     window_lags,
 )
-from marketplace_pay.entrypoints.bench.loadgen import RequestTemplate
 from marketplace_pay.entrypoints.bench.probes import parse_tps, with_database
 from marketplace_pay.entrypoints.bench.settle import payment_id_from_location
+from marketplace_pay.entrypoints.bench.wire import RequestTemplate
 from marketplace_pay.shared.ids import public_payment_id
 
 # --- the request ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from marketplace_pay.entrypoints.bench.loadgen import ProtocolError, RequestTemplate, ResponseParser
+from marketplace_pay.entrypoints.bench.wire import ProtocolError, RequestTemplate, ResponseParser
 
 # --- request templating ---------------------------------------------------------------------
 

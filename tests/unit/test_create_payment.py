@@ -11,7 +11,7 @@ import pytest
 from marketplace_pay.ledger.application.directory import OnboardSeller
 from marketplace_pay.ledger.domain.accounts import AccountStatus
 from marketplace_pay.payments.adapters.http import render
-from marketplace_pay.payments.application.create_payment import CreatePayment, Created, LineRequest, Replayed
+from marketplace_pay.payments.application.create_payment import Created, CreatePayment, LineRequest, Replayed
 from marketplace_pay.payments.application.ports import AuthorizationOutcome, Keyed
 from marketplace_pay.payments.domain.payment import PaymentStatus
 from marketplace_pay.shared.errors import ConflictError, UnprocessableError, ValidationError

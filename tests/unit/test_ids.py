@@ -91,9 +91,9 @@ def test_ids_are_unique_and_increasing_per_shard() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 32])
 def test_rejects_out_of_range_shards_and_instances(bad: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="instance"):
         SnowflakeGenerator(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shard"):
         SnowflakeGenerator(0).next_id(bad)
 
 

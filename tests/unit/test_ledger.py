@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace_pay.ledger.application.directory import OnboardSeller
-from marketplace_pay.ledger.domain.accounts import Account, AccountType
 from marketplace_pay.balances.application.reconcile import real_time_drift
 from marketplace_pay.balances.domain.balance import Entry
+from marketplace_pay.ledger.application.directory import OnboardSeller
+from marketplace_pay.ledger.domain.accounts import Account, AccountType
 from marketplace_pay.ledger.domain.journal import (
     Direction,
     JournalEntry,
@@ -326,26 +326,26 @@ def test_money_out_journals_have_the_documented_postings() -> None:
     from marketplace_pay.ledger.domain import journal as j
 
     eur = lambda n: Money(n, EUR)  # noqa: E731
-    M = "MERCHANT_PAYABLE.S-1.EUR"
+    m = "MERCHANT_PAYABLE.S-1.EUR"
 
     def lines(entry: JournalEntry) -> list[tuple[str, str, int]]:
         return [(p.account.code, p.direction.value, p.amount_minor) for p in entry.postings]
 
-    assert lines(j.refund(7, "S-1", eur(300))) == [(M, "DEBIT", 300), ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 300)]
+    assert lines(j.refund(7, "S-1", eur(300))) == [(m, "DEBIT", 300), ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 300)]
     fee_back = j.commission_refund(7, "S-1", eur(15))
     assert fee_back is not None and lines(fee_back) == [
         ("PLATFORM_COMMISSION_REVENUE.GLOBAL.EUR", "DEBIT", 15),
-        (M, "CREDIT", 15),
+        (m, "CREDIT", 15),
     ]
     assert j.commission_refund(7, "S-1", eur(0)) is None
-    assert lines(j.payout(8, "S-1", eur(900))) == [(M, "DEBIT", 900), ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "CREDIT", 900)]
+    assert lines(j.payout(8, "S-1", eur(900))) == [(m, "DEBIT", 900), ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "CREDIT", 900)]
     assert lines(j.payout_paid(8, eur(900))) == [
         ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "DEBIT", 900),
         ("PLATFORM_CASH.GLOBAL.EUR", "CREDIT", 900),
     ]
     assert lines(j.payout_returned(8, "S-1", eur(900))) == [
         ("PAYOUTS_IN_TRANSIT.GLOBAL.EUR", "DEBIT", 900),
-        (M, "CREDIT", 900),
+        (m, "CREDIT", 900),
     ]
     assert lines(j.settlement(9, eur(10_000), 30)) == [
         ("PLATFORM_CASH.GLOBAL.EUR", "DEBIT", 9_970),

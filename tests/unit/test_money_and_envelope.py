@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from marketplace_pay.payments import PaymentOrderStatus
 from marketplace_pay.infra.codec import decode_envelope, encode
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData
+from marketplace_pay.payments import PaymentOrderStatus
 from marketplace_pay.payments.domain.events import (
     CapturePaymentOrder,
     PaymentAuthorized,
@@ -41,16 +41,16 @@ def test_ledger_entries_recorded_has_the_same_id_for_the_same_journals_in_any_or
 
 
 def _order_fields() -> dict[str, object]:
-    return dict(
-        payment_order_id="11",
-        public_payment_order_id="po_AAAAAAAAAAs",
-        payment_id="10",
-        public_payment_id="pay_AAAAAAAAAAo",
-        seller_id="SELLER-111",
-        amount_minor=1000,
-        currency="EUR",
-        timestamp=NOW,
-    )
+    return {
+        "payment_order_id": "11",
+        "public_payment_order_id": "po_AAAAAAAAAAs",
+        "payment_id": "10",
+        "public_payment_id": "pay_AAAAAAAAAAo",
+        "seller_id": "SELLER-111",
+        "amount_minor": 1000,
+        "currency": "EUR",
+        "timestamp": NOW,
+    }
 
 
 @pytest.mark.parametrize(

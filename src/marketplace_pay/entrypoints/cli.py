@@ -146,22 +146,19 @@ def _seller_json(seller: Any) -> dict[str, Any]:
 
 def cmd_sellers(args: argparse.Namespace) -> int:
     from marketplace_pay.bootstrap import open_container
-    from marketplace_pay.ledger import AccountStatus, OnboardSeller
     from marketplace_pay.shared.errors import DomainError
-    from marketplace_pay.shared.money import Currency
 
     async def run() -> int:
         async with open_container(_settings()) as c:
             try:
                 if args.action == "add":
-                    cmd = OnboardSeller(args.seller_id, Currency(args.currency), args.commission_bps)
-                    sellers = [await c.ledger.onboard_seller(cmd)]
+                    sellers = [await c.ledger.add_seller(args.seller_id, args.currency, args.commission_bps)]
                 elif args.action == "list":
                     sellers = await c.ledger.sellers()
                 elif args.action == "show":
                     sellers = [await c.ledger.seller(args.seller_id)]
                 else:
-                    sellers = [await c.ledger.change_seller_status(args.seller_id, AccountStatus(args.status))]
+                    sellers = [await c.ledger.set_seller_status(args.seller_id, args.status)]
             except DomainError as exc:
                 print(f"error: {exc.detail}", file=sys.stderr)
                 for error in exc.errors:
@@ -237,7 +234,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with open_container(_settings()) as c:
             if args.action == "list":
-                found = await c.dead_letters.list(consumer=args.consumer, include_replayed=args.all, limit=args.limit)
+                found = await c.dead_letters.find(consumer=args.consumer, include_replayed=args.all, limit=args.limit)
             else:
                 found = await c.dead_letters.replay(ids=args.id or (), consumer=args.consumer)
         for d in found:
@@ -274,6 +271,13 @@ def cmd_settings(args: argparse.Namespace) -> int:
     from marketplace_pay.settings import describe
 
     settings = _settings()
+    if args.markdown:  # the README's Configuration table: every setting, its default, its meaning
+        print("| variable | default | meaning |\n|---|---|---|")
+        for title, rows in describe(Settings()):
+            print(f"| **{title.rstrip('.')}** | | |")
+            for r in rows:
+                print(f"| `{r.env}` | `{r.default}` | {r.doc} |")
+        return 0
     for title, rows in describe(settings):
         if args.json:
             for r in rows:
@@ -307,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
 
     shown = sub.add_parser("settings", help="every setting: environment variable, value here, default, meaning")
     shown.add_argument("--json", action="store_true", help="one JSON object per setting")
+    shown.add_argument("--markdown", action="store_true", help="the defaults as the README's Configuration table")
     shown.set_defaults(fn=cmd_settings)
 
     token = sub.add_parser("token", help="print a JWT signed with the configured secret")

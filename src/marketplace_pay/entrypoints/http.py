@@ -18,12 +18,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Litestar, Request, Response, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -61,14 +61,14 @@ def incoming_traceparent(headers: Any) -> str | None:
             raw = value
     if raw is None or len(raw) > _TRACEPARENT_LENGTH_MAX or _TRACEPARENT.fullmatch(raw) is None:
         return None
-    return raw.decode("ascii")
+    return bytes(raw).decode("ascii")
 
 
 def observe(app: ASGIApp) -> ASGIApp:
     """One server span per request (joining an incoming traceparent) and the latency metric."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         incoming = incoming_traceparent(scope.get("headers"))
@@ -126,7 +126,7 @@ _NOT_READY = {
 
 class _ReadyOperation(documented(public=True)):  # type: ignore[misc]
     def to_schema(self) -> dict[str, Any]:
-        result = super().to_schema()
+        result: dict[str, Any] = super().to_schema()
         result["responses"]["503"] = _NOT_READY
         return result
 
@@ -260,7 +260,7 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
         route_handlers=[*ROUTES, live, ready, prometheus],
         dependencies={**dependencies(running_container), "container": Provide(running_container, sync_to_thread=False)},
         lifespan=[lifespan],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=cast("Any", EXCEPTION_HANDLERS),
         middleware=[observe],
         openapi_config=OpenAPIConfig(
             title="marketplace-pay",
@@ -279,5 +279,5 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
     # Request bodies we decode ourselves (strictly) are described by msgspec; Litestar builds
     # its component registry from handler signatures only, so add them to the cached document.
     generated = app.openapi_schema.components
-    generated.schemas = {**(generated.schemas or {}), **component_schemas()}  # type: ignore[dict-item]
+    generated.schemas = {**(generated.schemas or {}), **component_schemas()}
     return app

@@ -36,7 +36,7 @@ class JobRuns:
             self.running.add(task)
             try:
                 await fn()
-            except Exception as exc:  # noqa: BLE001 - the next run retries
+            except Exception as exc:
                 level = logging.WARNING if is_transient(exc) else logging.ERROR
                 log.log(level, "job failed", extra={"job": name, "error": repr(exc)}, exc_info=level >= logging.ERROR)
             finally:

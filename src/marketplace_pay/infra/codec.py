@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -21,17 +20,23 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-@cache
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
-    return msgspec.json.Decoder(type_)
+    """One decoder per type, built once."""
+    decoder = _DECODERS.get(type_)
+    if decoder is None:
+        decoder = _DECODERS[type_] = msgspec.json.Decoder(type_)
+    return decoder
 
 
 def decode(raw: bytes | str, type_: type[T]) -> T:
-    return _decoder(type_).decode(raw)
+    return cast(T, _decoder(type_).decode(raw))
 
 
 def decode_envelope(raw: bytes, event: type[E]) -> Envelope[E]:
-    return _decoder(Envelope[event]).decode(raw)  # type: ignore[valid-type]
+    return cast("Envelope[E]", _decoder(Envelope[event]).decode(raw))  # type: ignore[valid-type]
 
 
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -102,7 +107,7 @@ def decode_body(raw: bytes, type_: type[T]) -> T:
             errors=[FieldError("body", f"arrays and objects may nest at most {JSON_DEPTH_MAX} levels")],
         )
     try:
-        return _decoder(type_).decode(raw)
+        return cast(T, _decoder(type_).decode(raw))
     except msgspec.ValidationError as exc:
         # Perhaps a whole number spelled as a float; only refused bodies pay for this second look.
         # It also tells a malformed text the typed decoder stopped reading early ("4,x") from a

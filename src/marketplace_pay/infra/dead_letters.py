@@ -52,7 +52,7 @@ def _dead_letter(r: asyncpg.Record) -> DeadLetter:
 class DeadLetters(Protocol):
     async def record(self, *, consumer: str, message: Message, error: str, attempts: int) -> None: ...
 
-    async def list(
+    async def find(
         self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> list[DeadLetter]: ...
 
@@ -67,7 +67,8 @@ class PgDeadLetters:
 
     async def record(self, *, consumer: str, message: Message, error: str, attempts: int) -> None:
         await self._pool.execute(
-            """INSERT INTO dead_letters (consumer, event_id, event_type, topic, msg_key, payload, traceparent, error, attempts)
+            """INSERT INTO dead_letters
+                   (consumer, event_id, event_type, topic, msg_key, payload, traceparent, error, attempts)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (consumer, event_id) DO UPDATE
                SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, created_at = now(),
@@ -83,7 +84,7 @@ class PgDeadLetters:
             attempts,
         )
 
-    async def list(
+    async def find(
         self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> list[DeadLetter]:
         rows = await self._pool.fetch(

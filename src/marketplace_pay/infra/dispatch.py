@@ -18,17 +18,16 @@ import msgspec
 
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.codec import decode_envelope
+from marketplace_pay.infra.failures import is_transient
 from marketplace_pay.infra.telemetry import consume_span
 from marketplace_pay.shared.bus import DeadLetterSink, Message, Subscription
 from marketplace_pay.shared.envelope import Envelope
-
-from marketplace_pay.infra.failures import is_transient
 
 log = logging.getLogger(__name__)
 
 
 def _backoff_s(attempt: int, *, cap_s: float = 5.0) -> float:
-    return min(cap_s, 0.05 * (2 ** min(attempt, 10)))
+    return min(cap_s, 0.05 * float(2 ** min(attempt, 10)))
 
 
 class Dispatcher:
@@ -57,7 +56,7 @@ class Dispatcher:
                     await sub.handler([e for _, e in batch])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+            except Exception as exc:
                 metrics.HANDLER_FAILURES.labels(sub.consumer, "transient" if is_transient(exc) else "error").inc()
                 if is_transient(exc):
                     transient_streak += 1
@@ -101,7 +100,7 @@ class Dispatcher:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the message must not be lost: keep trying
+            except Exception:
                 streak += 1
                 log.warning("could not store dead letter; retrying", exc_info=True)
                 await asyncio.sleep(_backoff_s(streak))

@@ -7,6 +7,7 @@ and PostgreSQL is stopped by pgserver when its last user exits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import subprocess
@@ -23,7 +24,7 @@ def embedded_postgres(data_dir: Path) -> str:
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
+    server = pgserver.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE};")
@@ -104,8 +105,6 @@ class EmbeddedRedis:
 
         if not self.started_here:
             return
-        try:
+        with contextlib.suppress(redis.exceptions.ConnectionError, OSError):
             redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2).shutdown()
-        except (redis.exceptions.ConnectionError, OSError):
-            pass
         self.started_here = False

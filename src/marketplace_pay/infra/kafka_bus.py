@@ -16,6 +16,7 @@ pause; it never sits in the group heartbeating while consuming nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -92,10 +93,8 @@ class KafkaEventBus:
                 if t not in existing
             ]
             if wanted:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
-                except TopicAlreadyExistsError:
-                    pass
         finally:
             await admin.close()
 
@@ -163,21 +162,19 @@ class KafkaEventBus:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a consumer must not die silently in its group
+            except Exception:
                 failures += 1
                 log.exception(
                     "kafka consumer failed; leaving the group and joining again", extra={"consumer": sub.consumer}
                 )
             finally:
-                try:
+                with contextlib.suppress(Exception):  # a consumer that failed may fail to stop too
                     await consumer.stop()  # leaves the group: its partitions are reassigned now
-                except Exception:  # noqa: BLE001
-                    pass
             await asyncio.sleep(min(30.0, 0.5 * 2**failures))
             consumer = self._consumer(sub)
             try:
                 await consumer.start()
-            except Exception:  # noqa: BLE001 - the next round tries again
+            except Exception:
                 log.warning("kafka consumer could not join again", extra={"consumer": sub.consumer}, exc_info=True)
 
     async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
@@ -211,7 +208,8 @@ class KafkaEventBus:
         try:
             await consumer.commit({tp: offset})
         except (CommitFailedError, KafkaError) as exc:
-            # Rebalanced away: the new owner redelivers from the last commit; the handlers' state guards absorb the repeat.
+            # Rebalanced away: the new owner redelivers from the last commit; the handlers' state
+            # guards absorb the repeat.
             log.warning("kafka commit failed", extra={"consumer": sub.consumer, "error": repr(exc)})
 
     async def _report_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:

@@ -2,9 +2,10 @@
 
 Each ordered subscription has `partitions` workers; a message goes to the worker of hash(key),
 so one key's messages are handled in order while other keys proceed in parallel — the same
-contract Kafka gives. An unordered subscription has one queue and runs several batches at once. `publish` resolves only when every subscriber has handled (committed, or
-dead-lettered) every message, and only then does the relay mark the outbox rows sent: a crash
-before that leaves them unsent and they are delivered again after restart. Nothing is lost
+contract Kafka gives. An unordered subscription has one queue and runs several batches at once.
+`publish` resolves only when every subscriber has handled (committed, or dead-lettered) every
+message, and only then does the relay's cursor move past the outbox rows: a crash before that
+leaves them behind the saved cursor and they are delivered again after restart. Nothing is lost
 with the process, although the queues live in memory.
 """
 
@@ -53,6 +54,7 @@ class _Partition:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.running: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()  # a running batch finished
 
     def put(self, message: Message, ticket: _Ticket) -> None:
         self.queue.append((message, ticket))
@@ -61,7 +63,7 @@ class _Partition:
     async def run(self) -> None:
         sub = self.subscription
         limit = 1 if sub.ordered else max(1, sub.concurrency)
-        room = asyncio.Event()
+        room = self._room
         try:
             while True:
                 if not self.queue:
@@ -78,11 +80,15 @@ class _Partition:
                     continue
                 task = asyncio.create_task(self._deliver(items))
                 self.running.add(task)
-                task.add_done_callback(lambda t: (self.running.discard(t), room.set()))
+                task.add_done_callback(self._finished)
         finally:
             for task in list(self.running):
                 task.cancel()
             await asyncio.gather(*self.running, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self._room.set()
 
     async def _deliver(self, items: list[tuple[Message, _Ticket]]) -> None:
         while True:

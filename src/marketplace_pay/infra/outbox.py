@@ -62,7 +62,8 @@ def insert_sql(first: int, *, only_for: tuple[int, str] | None = None) -> str:
     return (
         f"INSERT INTO outbox ({columns}) "
         f"SELECT e.shard, e.event_id, e.event_type, e.topic, e.msg_key, e.payload, e.traceparent "
-        f"FROM {source}, ${n}::bigint[]) AS e(shard, event_id, event_type, topic, msg_key, payload, traceparent, subject) "
+        f"FROM {source}, ${n}::bigint[]) "
+        f"AS e(shard, event_id, event_type, topic, msg_key, payload, traceparent, subject) "
         f"WHERE e.subject IN (SELECT {name} FROM {cte})"
     )
 

@@ -24,6 +24,7 @@ other processes, and polls as a fallback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -39,11 +40,11 @@ from marketplace_pay.infra.locks import NS_RELAY, SessionLocks
 from marketplace_pay.infra.outbox import SHARDS
 from marketplace_pay.infra.relay_support import (
     MAX_ROW_ID,
-    Batch,
-    Notifier,
     READ,
     READ_LATE,
     SAVE_CURSORS,
+    Batch,
+    Notifier,
     Position,
     before,
     running,
@@ -146,7 +147,7 @@ class OutboxRelay:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         deadline = time.monotonic() + grace_s
-        while self._inflight > 0 and time.monotonic() < deadline:
+        while self._inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded drain at stop
             await asyncio.sleep(0.01)
         if self._saver is not None:
             self._saver.cancel()
@@ -183,7 +184,7 @@ class OutboxRelay:
         elif len(keeping) < fair:
             free = [s for s in range(SHARDS) if s not in self._leading]
             random.shuffle(free)
-            taken = set()
+            taken: set[int] = set()
             for shard in free:
                 if len(keeping) + len(taken) >= fair:
                     break
@@ -216,10 +217,9 @@ class OutboxRelay:
         if self._locks is None:
             return
         for shard in shards:
-            try:
+            # if the session is gone, so is the lock
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._locks.unlock(NS_RELAY, shard)
-            except (ConnectionError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pass  # the lock goes with the session
 
     async def _finish_handovers(self) -> None:
         """Give up shards being handed over once nothing of theirs is in flight any more."""
@@ -263,10 +263,8 @@ class OutboxRelay:
             await self._publish(rows)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0))
-        except TimeoutError:
-            pass
 
     async def _read_next(self, shards: Sequence[int], limit: int) -> list[asyncpg.Record]:
         positions = [self._read[s] for s in shards]

@@ -5,8 +5,8 @@ processes sharing the shards — and the NOTIFY that wakes the relays of other p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 import logging
+from collections.abc import Iterable
 
 import asyncpg
 

@@ -104,7 +104,7 @@ async def claim_redis(pool: asyncpg.Pool, client: aioredis.Redis, prefix: str) -
     previous = await client.get(key)  # (SET NX GET needs Redis 7; the embedded one is 6.2)
     if previous is None:
         await client.set(key, identity, nx=True)
-    elif previous.decode() != identity:
+    elif (previous.decode() if isinstance(previous, bytes) else str(previous)) != identity:
         stale = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000) if k.decode() != key]
         for i in range(0, len(stale), 1000):
             await client.delete(*stale[i : i + 1000])

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
@@ -107,7 +108,7 @@ def current_ids() -> tuple[str, str | None]:
     return format(ctx.trace_id, "032x"), carrier.get("traceparent")
 
 
-def context_from(traceparent: str | None):  # noqa: ANN201 - an opentelemetry Context
+def context_from(traceparent: str | None) -> Context | None:
     return _propagator.extract({"traceparent": traceparent}) if traceparent else None
 
 

@@ -15,6 +15,7 @@ data-modifying CTEs, see infra/outbox.py): one round trip, atomic without BEGIN/
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -65,10 +66,9 @@ class PgUnitOfWork:
             return
         try:
             if not self._committed and not conn.is_closed():
-                try:
+                # if it fails, the pool resets (or discards) the connection on release
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await self._tx.rollback()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    pass  # the pool resets (or discards) the connection on release
         finally:
             await self._pool.release(conn)
 

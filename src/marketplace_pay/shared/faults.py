@@ -1,8 +1,8 @@
 """Named crash points for the fault tests (`MP_FAULTS`). A no-op unless configured.
 
-    MP_FAULTS="relay.after_claim=kill@2,capture.after_psp=kill"
+    MP_FAULTS="relay.after_read=kill@2,capture.after_psp=kill"
 
-kills this process (SIGKILL, no cleanup) the 2nd time the relay has claimed rows, or the
+kills this process (SIGKILL, no cleanup) the 2nd time the relay has read rows, or the
 first time a capture got its PSP answer. `raise` instead of `kill` raises InjectedFault.
 """
 

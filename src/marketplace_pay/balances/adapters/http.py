@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Request, get
+from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import PathParameter
 
@@ -20,7 +20,6 @@ from marketplace_pay.ledger import ACCOUNT_CODE_LENGTH_MAX, ACCOUNT_CODE_PATTERN
 from marketplace_pay.shared.client_ids import is_seller_id
 from marketplace_pay.shared.errors import NotFoundError
 from marketplace_pay.shared.money import AmountView
-
 
 SELLER_ID_PATH = seller_id_schema()
 ACCOUNT_CODE_PATH = string_schema(

@@ -135,7 +135,8 @@ class PgBalanceStore:
                    SELECT coalesce(e.account_code, x.account_code), coalesce(e.total, 0), now()
                    FROM expected e FULL JOIN account_balances x ON x.account_code = e.account_code
                    WHERE coalesce(e.total, 0) <> coalesce(x.balance_minor, 0)
-                   ON CONFLICT (account_code) DO UPDATE SET balance_minor = EXCLUDED.balance_minor, updated_at = now()"""
+                   ON CONFLICT (account_code) DO UPDATE
+                   SET balance_minor = EXCLUDED.balance_minor, updated_at = now()"""
             )
         return int(status.split()[-1])
 

@@ -5,6 +5,7 @@ twice changes nothing."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -68,12 +69,13 @@ class RedisBalanceOverlay:
 
     async def entries(self, account_code: str) -> list[Entry]:
         try:
-            members = await self._redis.zrange(self._key(account_code), 0, -1, withscores=True)
+            members: list[Any] = await self._redis.zrange(self._key(account_code), 0, -1, withscores=True)
         except _UNAVAILABLE as exc:
             raise OverlayUnavailable(repr(exc)) from exc
         out = []
         for member, score in members:
-            seq, _, amount = (member.decode() if isinstance(member, bytes) else member).partition(":")
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            seq, _, amount = text.partition(":")
             out.append(Entry(account_code, int(score), int(seq), int(amount)))
         return out
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from marketplace_pay.balances.application.consumer import APPLY_LEDGER_ENTRIES, apply_ledger_entries
 from marketplace_pay.balances.application.fold import fold_balances, sweep_overlay
@@ -13,6 +14,7 @@ from marketplace_pay.balances.domain.balance import Balance
 from marketplace_pay.ledger import LedgerEntriesRecorded
 from marketplace_pay.shared.bus import Subscription
 from marketplace_pay.shared.clock import Clock
+from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.errors import NotFoundError
 
 
@@ -57,7 +59,7 @@ class Balances:
         return await self._store.trial_balance()
 
     def subscriptions(self, *, batch_max: int) -> list[Subscription]:
-        async def apply(batch: list) -> None:  # type: ignore[type-arg]
+        async def apply(batch: Sequence[Envelope[Any]]) -> None:
             await apply_ledger_entries(batch, overlay=self._overlay)
 
         return [

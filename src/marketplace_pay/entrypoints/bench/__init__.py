@@ -1,7 +1,7 @@
 """`marketplace-pay bench`: load a running service over HTTP and measure it as a black box.
 
 The parser lives here and imports nothing heavy; the run is in `run.py`, the load generator in
-`loadgen.py`, the definitions in `figures.py`.
+`loadgen.py` (HTTP on the wire in `wire.py`, its process in `child.py`), the definitions in `figures.py`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def add_parser(sub: Any) -> None:
         "--sellers-per-payment",
         type=int,
         default=2,
-        help="payment orders per payment, 1-100 (default 2): SELLER-111/222/333, then BENCH-SELLER-n onboarded as needed",
+        help="payment orders per payment, 1-100 (default 2): SELLER-111/222/333, "
+        "then BENCH-SELLER-n onboarded as needed",
     )
     bench.add_argument(
         "--drain-timeout",

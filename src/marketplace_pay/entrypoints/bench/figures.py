@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from marketplace_pay.entrypoints.bench.loadgen import COUNTER_MARK
+from marketplace_pay.entrypoints.bench.wire import COUNTER_MARK
 
 # payment statuses after which nothing happens to a payment any more
 TERMINAL_STATUSES = ("CAPTURED", "CAPTURED_PARTIALLY", "CAPTURE_FAILED")

@@ -13,30 +13,27 @@ Two ways to load:
 - closed loop (`rate` None): `concurrency` connections, each sends its next request as soon as
   the previous answer arrived; latency runs from the send.
 
-It runs in a process of its own (`run_child`) and reports to its parent through a pipe, so its
-CPU time is its own and the parent's bookkeeping does not delay it. `python -m
-marketplace_pay.entrypoints.bench.loadgen URL` loads any URL with GETs and prints what it could
-push and the CPU it used.
+It runs in a process of its own (bench/child.py) and reports to its parent through a pipe, so
+its CPU time is its own and the parent's bookkeeping does not delay it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
-import os
 import resource
-import sys
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-COUNTER_MARK = b"@N@"
-COUNTER_WIDTH = 12
+from marketplace_pay.entrypoints.bench.wire import (
+    ProtocolError,
+    RequestTemplate,
+    ResponseParser,
+)
 
 # a failure that is not an HTTP status: counted under these names next to the statuses
 CONNECTION_ERROR = "connection_error"
@@ -44,133 +41,6 @@ TIMEOUT = "timeout"
 
 
 _TICK_S = 0.001
-
-
-class ProtocolError(ValueError):
-    """The server's bytes are not an HTTP/1.1 response this parser understands."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestTemplate:
-    """One request as bytes, split at every counter mark: `render(n)` joins the parts with n."""
-
-    parts: tuple[bytes, ...]
-    width: int = COUNTER_WIDTH
-
-    @classmethod
-    def build(
-        cls,
-        method: str,
-        path: str,
-        host: str,
-        headers: dict[str, str] | None = None,
-        body: bytes = b"",
-        *,
-        width: int = COUNTER_WIDTH,
-    ) -> RequestTemplate:
-        # every mark becomes exactly `width` digits, so the length is known before rendering
-        body_len = len(body) + body.count(COUNTER_MARK) * (width - len(COUNTER_MARK))
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {body_len}")
-        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        return cls(tuple(raw.split(COUNTER_MARK)), width)
-
-    def render(self, n: int) -> bytes:
-        if len(self.parts) == 1:
-            return self.parts[0]
-        digits = b"%0*d" % (self.width, n)
-        if len(digits) != self.width:
-            raise OverflowError(f"counter {n} does not fit in {self.width} digits")
-        return digits.join(self.parts)
-
-
-# (status, Location header value or None, body, the server closes the connection)
-Response = tuple[int, bytes | None, bytes, bool]
-
-
-class ResponseParser:
-    """Incremental: feed it what the socket gave, get back the responses completed so far."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Response]:
-        buf = self._buf
-        buf += data
-        out: list[Response] = []
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return out
-            head = bytes(buf[:end])
-            if not head.startswith(b"HTTP/1.") or len(head) < 12:
-                raise ProtocolError(f"not an HTTP/1.x status line: {head[:40]!r}")
-            try:
-                status = int(head[9:12])
-            except ValueError:
-                raise ProtocolError(f"bad status line: {head[:40]!r}") from None
-            lower = head.lower()
-            location = _header(head, lower, b"\r\nlocation:")
-            close = _header(head, lower, b"\r\nconnection:") == b"close"
-            start = end + 4
-            length = _header(head, lower, b"\r\ncontent-length:")
-            if length is not None:
-                try:
-                    stop = start + int(length)
-                except ValueError:
-                    raise ProtocolError(f"bad Content-Length {length!r}") from None
-                if len(buf) < stop:
-                    return out
-                body = bytes(buf[start:stop])
-            elif (_header(head, lower, b"\r\ntransfer-encoding:") or b"").lower().endswith(b"chunked"):
-                chunked = _dechunk(buf, start)
-                if chunked is None:
-                    return out
-                body, stop = chunked
-            elif status in (204, 304) or 100 <= status < 200:
-                body, stop = b"", start
-            else:
-                raise ProtocolError("a response without Content-Length or chunked framing")
-            del buf[:stop]
-            out.append((status, location, body, close))
-
-
-def _header(head: bytes, lower: bytes, name: bytes) -> bytes | None:
-    """The value of the first header `name` (lower case, with its leading CRLF), case kept."""
-    i = lower.find(name)
-    if i < 0:
-        return None
-    i += len(name)
-    j = head.find(b"\r\n", i)
-    return head[i : j if j >= 0 else len(head)].strip()
-
-
-def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
-    """(body, end offset) of a complete chunked body starting at pos, None while incomplete."""
-    parts: list[bytes] = []
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        try:
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-        except ValueError:
-            raise ProtocolError("bad chunk size") from None
-        pos = eol + 2
-        if size == 0:
-            # no trailers: an empty line; trailers: up to the first empty line
-            if buf[pos : pos + 2] == b"\r\n":
-                return b"".join(parts), pos + 2
-            end = buf.find(b"\r\n\r\n", pos)
-            return None if end < 0 else (b"".join(parts), end + 4)
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(bytes(buf[pos : pos + size]))
-        pos += size + 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +61,7 @@ class LoadPlan:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("gen", "transport", "parser", "counter", "due", "start", "busy")
+    __slots__ = ("busy", "counter", "due", "gen", "parser", "start", "transport")
 
     def __init__(self, gen: Generator) -> None:
         self.gen = gen
@@ -495,79 +365,3 @@ class Generator:
             "drained_s": drained_s,
             "connections_max_used": len(self.connections),
         }
-
-
-def run_child(plan: LoadPlan, pipe: Any) -> None:
-    """Process entry point: run the plan under uvloop, send progress and the final dict."""
-    import signal
-
-    import uvloop
-
-    # Ctrl-C reaches the whole process group: the parent decides when the load stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def report(message: dict[str, Any]) -> None:
-        try:
-            pipe.send(message)
-        except OSError:
-            os._exit(3)  # the parent is gone: there is nobody to load for
-
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(Generator(plan, report).run())
-        pipe.send(result)
-    except Exception as exc:  # noqa: BLE001 - the parent reports it; a traceback helps nobody here
-        pipe.send({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        pipe.close()
-
-
-def percentile_ms(latency_s: array, p: float) -> float | None:
-    values = sorted(latency_s)
-    if not values:
-        return None
-    rank = max(1, -(-len(values) * p // 100))
-    return round(values[int(rank) - 1] * 1000, 3)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Load a URL with GETs and say what the generator pushed and what CPU it used."""
-    import uvloop
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("url", help="e.g. http://127.0.0.1:8000/health/live")
-    p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--rate", type=float, help="open loop, requests/s")
-    p.add_argument("--status", type=int, default=200, help="the answer that counts as success (default 200)")
-    args = p.parse_args(argv)
-    url = urlsplit(args.url)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    plan = LoadPlan(
-        host=host,
-        port=port,
-        template=RequestTemplate.build("GET", url.path or "/", f"{host}:{port}"),
-        warmup_s=args.warmup,
-        duration_s=args.duration,
-        rate=args.rate,
-        concurrency=args.concurrency,
-        ok_status=args.status,
-    )
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(Generator(plan, lambda _: None).run())
-    latency = array("d")
-    latency.frombytes(result["latency_s"])
-    ok = result["window_outcomes"].get(str(args.status), 0)
-    print(
-        f"{ok / args.duration:.0f} requests/s answered {args.status} in the measured {args.duration:g} s "
-        f"(outcomes {result['window_outcomes']}); latency p50 {percentile_ms(latency, 50)} ms "
-        f"p99 {percentile_ms(latency, 99)} ms; generator CPU {result['cpu_s']:.2f} s over "
-        f"{result['active_s']:.1f} s = {100 * result['cpu_s'] / result['active_s']:.0f} % of one core, "
-        f"{1e6 * result['cpu_s'] / max(1, result['sent']):.1f} µs per request"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

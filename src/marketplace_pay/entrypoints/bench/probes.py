@@ -281,7 +281,7 @@ def find_pgbench() -> str | None:
         except (OSError, subprocess.SubprocessError):
             pass
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
+        from pgserver._commands import POSTGRES_BIN_PATH
 
         candidate = Path(POSTGRES_BIN_PATH) / "pgbench"
         if os.access(candidate, os.X_OK):

@@ -18,18 +18,17 @@ import secrets
 import signal
 import sys
 import time
-from array import array
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
-import httpx
 import uvloop
 
 from marketplace_pay.entrypoints.bench import figures as fig
-from marketplace_pay.entrypoints.bench.loadgen import LoadPlan, RequestTemplate, run_child
+from marketplace_pay.entrypoints.bench.child import run_child
+from marketplace_pay.entrypoints.bench.loadgen import LoadPlan
+from marketplace_pay.entrypoints.bench.prepare import Setup
 from marketplace_pay.entrypoints.bench.probes import (
     BenchError,
     ProcessTreeSampler,
@@ -41,14 +40,12 @@ from marketplace_pay.entrypoints.bench.probes import (
     pgbench_baseline,
     reconcile,
     say,
-    wait_ready,
     wal_bytes_between,
 )
-from marketplace_pay.entrypoints.bench.settle import SettleTracker, payment_id_from_location
+from marketplace_pay.entrypoints.bench.report import DEFAULT_CONCURRENCY, LoadState, Reporting, doubles
+from marketplace_pay.entrypoints.bench.settle import SettleTracker
+from marketplace_pay.entrypoints.bench.wire import RequestTemplate
 
-SEEDED_SELLERS = ("SELLER-111", "SELLER-222", "SELLER-333")
-DEFAULT_CONCURRENCY = 64
-DEFAULT_SCENARIO = "BEST_PSP_EVER"
 POLL_DURING_LOAD_S = 1.0
 POLL_DURING_DRAIN_S = 0.5
 
@@ -78,38 +75,7 @@ async def _cancelled_by_sigterm(run: Coroutine[Any, Any, int]) -> int:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _redacted(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return dsn
-
-
-def _token_refused(r: httpx.Response) -> BenchError:
-    return BenchError(
-        f"the service refused the bench's token ({r.status_code}): the bench signs it with MP_JWT_SECRET (or the "
-        f"data directory's generated secret), so give the bench the service's secret. Answer: {r.text[:300]}"
-    )
-
-
-@dataclass
-class LoadState:
-    """What the generator has reported so far."""
-
-    started: dict[str, float] = field(default_factory=dict)
-    sent: int = 0
-    answered: int = 0
-    not_ok: int = 0
-    in_flight: int = 0
-    queued: int = 0
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class Bench:
+class Bench(Setup, Reporting):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.env = dict(os.environ)
@@ -122,117 +88,6 @@ class Bench:
         self.commission_bps: dict[str, int] = {}
         self.bench_cpu_pct: float | None = None
         self.service_cpu_pct: float | None = None
-
-    # --- set-up -----------------------------------------------------------------------------
-    def _check_args(self) -> None:
-        a = self.args
-        if a.duration <= 0 or a.warmup < 0:
-            raise BenchError("--duration must be > 0 and --warmup >= 0")
-        if a.rate is not None and a.rate <= 0:
-            raise BenchError("--rate must be > 0")
-        if a.concurrency is not None and a.concurrency < 1:
-            raise BenchError("--concurrency must be >= 1")
-        if not 1 <= a.sellers_per_payment <= 100:
-            raise BenchError("--sellers-per-payment must be 1-100 (a payment has 1-100 orders)")
-        if a.url and (a.scenario or a.workers):
-            raise BenchError("--scenario and --workers apply to a service the bench starts (--serve)")
-
-    async def _database(self) -> tuple[Any, str]:
-        from marketplace_pay.infra.resources import resolve_dsn
-        from marketplace_pay.settings import Settings, SettingsError
-
-        try:
-            settings = Settings.from_env(self.env)
-        except SettingsError as exc:
-            raise BenchError(str(exc)) from None
-        try:
-            dsn = await resolve_dsn(settings)
-        except Exception as exc:  # noqa: BLE001 - the embedded server failing has many shapes
-            raise BenchError(f"no database: {type(exc).__name__}: {exc}") from None
-        try:
-            self.conn = await asyncpg.connect(dsn, timeout=10)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise BenchError(f"cannot connect to the database {_redacted(dsn)}: {exc}") from None
-        return settings, dsn
-
-    async def _check_tables(self, dsn: str) -> None:
-        """Once the service runs (it migrates at start): the tables the bench reads exist."""
-        assert self.conn is not None
-        present = await self.conn.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE tablename IN ('payments', 'payment_orders', 'journal_entries')"
-        )
-        if present != 3:
-            raise BenchError(
-                f"the database {_redacted(dsn)} has no payments/ledger tables: point the bench at the service's "
-                "database (the same DATABASE_URL)"
-            )
-
-    async def _service(self) -> str:
-        a = self.args
-        if a.url:
-            url = a.url.rstrip("/")
-            if urlsplit(url).scheme != "http":
-                raise BenchError("--url must be an http:// URL (the load generator speaks plain HTTP/1.1)")
-            try:
-                await wait_ready(url, timeout_s=10)
-            except BenchError as exc:
-                raise BenchError(f"the service is not reachable: {exc}") from None
-            return url
-        self.scenario = a.scenario or DEFAULT_SCENARIO
-        self.workers = a.workers  # None: the service's default (one per core)
-        self.serve = ServeProcess(scenario=self.scenario, workers=a.workers, env=self.env)
-        say(
-            f"starting `marketplace-pay serve` on {self.serve.url} (scenario {self.scenario}, log {self.serve.log_path})"
-        )
-        await self.serve.start()
-        return self.serve.url
-
-    async def _sellers(self, url: str, admin_token: str) -> list[str]:
-        k = self.args.sellers_per_payment
-        sellers = list(SEEDED_SELLERS[:k]) + [f"BENCH-SELLER-{n}" for n in range(1, k - len(SEEDED_SELLERS) + 1)]
-        headers = {"Authorization": f"Bearer {admin_token}"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
-            for seller in sellers[len(SEEDED_SELLERS) :]:
-                r = await client.post(
-                    "/api/v1/sellers", json={"sellerId": seller, "currency": "EUR", "commissionBps": 500}
-                )
-                if r.status_code == 401:
-                    raise _token_refused(r)
-                if r.status_code not in (201, 409):
-                    raise BenchError(f"onboarding {seller} failed: {r.status_code} {r.text[:400]}")
-            for seller in sellers:
-                r = await client.get(f"/api/v1/sellers/{seller}")
-                if r.status_code == 401:
-                    raise _token_refused(r)
-                if r.status_code != 200:
-                    say(f"cannot read seller {seller} ({r.status_code}): its commission journal is not required")
-                    continue
-                body = r.json()
-                if body.get("status") != "ACTIVE" or body.get("currency") != "EUR":
-                    raise BenchError(f"seller {seller} must be ACTIVE and settle in EUR, it is {body}")
-                self.commission_bps[seller] = int(body["commissionBps"])
-        return sellers
-
-    async def _probe(self, url: str, token: str, lines: list[tuple[str, int]]) -> None:
-        """One payment before the load: the token is accepted, the sellers are valid, and the
-        service writes to the database the bench reads."""
-        assert self.conn is not None
-        body = json.loads(fig.payment_body(lines, self.run_id).replace(b"@N@", b"probe"))
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            r = await client.post("/api/v1/payments", json=body, headers={"Authorization": f"Bearer {token}"})
-        if r.status_code in (401, 403):
-            raise _token_refused(r)
-        if r.status_code != 202 or "location" not in r.headers:
-            raise BenchError(f"a probe payment was not accepted: {r.status_code} {r.text[:600]}")
-        payment_id = payment_id_from_location(r.headers["location"].encode())
-        deadline = time.monotonic() + 5
-        while not await self.conn.fetchval("SELECT true FROM payments WHERE payment_id = $1", payment_id):
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    "the service accepted a payment that the bench cannot find in its database: point the bench "
-                    "at the service's database (the same DATABASE_URL)"
-                )
-            await asyncio.sleep(0.1)
 
     # --- the run ----------------------------------------------------------------------------
     async def run(self) -> int:
@@ -412,7 +267,7 @@ class Bench:
                     message = await asyncio.to_thread(receiver.recv)
                     kind = message["type"]
                     if kind in ("progress", "done"):
-                        tracker.add(message["locations"], _doubles(message["accepted_at"]))
+                        tracker.add(message["locations"], doubles(message["accepted_at"]))
                         state.sent, state.answered, state.not_ok = (message[k] for k in ("sent", "answered", "not_ok"))
                         state.in_flight, state.queued = message["in_flight"], message["queued"]
                     if kind == "started":
@@ -483,84 +338,7 @@ class Bench:
         else:
             say(f"drain: every accepted payment settled ({time.monotonic() - started:.1f} s after the load)")
 
-    def _figures(
-        self,
-        state: LoadState,
-        tracker: SettleTracker,
-        *,
-        offset_s: float,
-        drain_s: float,
-        pgbench_tps: float | None,
-        rows_written: int,
-        wal_bytes: int,
-        reconcile_clean: bool,
-        serve_exit: int | None,
-    ) -> dict[str, Any]:
-        a = self.args
-        r = state.result
-        assert r is not None
-        ws, we = state.started["window_start"], state.started["window_end"]
-        window_s = we - ws
-        latency = sorted(_doubles(r["latency_s"]))
-        accepted_per_s = fig.per_s(r["ok_in_window"], window_s)
-        settled = fig.settled_in_window(tracker.settled_at.values(), ws, we, offset_s)
-        settled_per_s = fig.per_s(settled, window_s)
-        lag = fig.lag_figures(
-            fig.window_lags(tracker.accepted_at, tracker.settled_at, tracker.declined, ws, we, offset_s), ws, we
-        )
-        payments = len(tracker.accepted_at)
-        outcomes = dict(r["window_outcomes"])
-        procs = self.procs
-        return {
-            "accepted_per_s": accepted_per_s,
-            "latency_p50_ms": fig.ms(fig.percentile(latency, 50)),
-            "latency_p90_ms": fig.ms(fig.percentile(latency, 90)),
-            "latency_p99_ms": fig.ms(fig.percentile(latency, 99)),
-            "settled_per_s": settled_per_s,
-            "settle_lag_p50_ms": fig.ms(lag.p50_s),
-            "settle_lag_p99_ms": fig.ms(lag.p99_s),
-            "settle_lag_first_third_p50_ms": fig.ms(lag.first_third_p50_s),
-            "settle_lag_last_third_p50_ms": fig.ms(lag.last_third_p50_s),
-            "settle_lag_growth": lag.growth,
-            "peak_rss_mb": round(procs.peak_bytes / 2**20, 1) if procs is not None and procs.peak_bytes else None,
-            "reconcile_clean": reconcile_clean,
-            "pgbench_tps": round(pgbench_tps, 1) if pgbench_tps is not None else None,
-            "accepted_ratio": fig.ratio(accepted_per_s, pgbench_tps),
-            "settled_ratio": fig.ratio(settled_per_s, pgbench_tps),
-            "requests": r["window_requests"],
-            "errors": {k: v for k, v in sorted(outcomes.items()) if k != "202"},
-            "accepted": r["ok_in_window"],
-            "settled": settled,
-            "unsettled_after_drain": len(tracker.open),
-            "declined_after_accept": len(tracker.declined),
-            "drain_s": round(drain_s, 1),
-            "rows_written_per_payment": round(rows_written / payments, 1) if payments else None,
-            "wal_bytes_per_payment": round(wal_bytes / payments) if payments else None,
-            "duration_s": round(window_s, 3),
-            "warmup_s": a.warmup,
-            "mode": "rate" if a.rate else "concurrency",
-            "rate": a.rate,
-            "concurrency": None if a.rate else (a.concurrency or DEFAULT_CONCURRENCY),
-            "sellers_per_payment": a.sellers_per_payment,
-            "scenario": self.scenario,
-            "workers": self.workers,
-            "service_processes": procs.processes_max if procs is not None and procs.processes_max else None,
-            "generator_cpu_pct": round(100 * r["cpu_s"] / r["active_s"], 1) if r["active_s"] else None,
-            "generator_cpu_us_per_request": round(1e6 * r["cpu_s"] / r["sent"], 1) if r["sent"] else None,
-            "service_cpu_pct": self.service_cpu_pct,
-            "bench_cpu_pct": self.bench_cpu_pct,
-            "settle_poll_ms_mean": round(1000 * tracker.poll_s / tracker.polls, 1) if tracker.polls else None,
-            "db_clock_offset_ms": round(offset_s * 1000, 2) + 0.0,  # + 0.0: no "-0.0"
-            "serve_exit_code": serve_exit,
-        }
-
 
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _doubles(raw: bytes) -> array:
-    values = array("d")
-    values.frombytes(raw)
-    return values

@@ -54,7 +54,7 @@ class SettleTracker:
         self.polls = 0
         self.poll_s = 0.0
 
-    def add(self, locations: Sequence[bytes], accepted_at: array) -> None:
+    def add(self, locations: Sequence[bytes], accepted_at: array[float]) -> None:
         for location, at in zip(locations, accepted_at, strict=True):
             try:
                 payment_id = payment_id_from_location(location)

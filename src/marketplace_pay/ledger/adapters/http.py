@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Request, Response, get, patch, post
+from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import PathParameter
 
@@ -219,7 +219,7 @@ async def account_postings(
         if account is None or account.type is not AccountType.MERCHANT_PAYABLE or account.entity_id != who.seller_id:
             raise PermissionDeniedException("A seller may only read its own MERCHANT_PAYABLE account")
     account_code = path_id(account_code, is_account_code, "account")
-    limit = query_int(request, "limit", default=50, minimum=1, maximum=LIMIT_MAX)
+    limit = query_int(request, "limit", default=50, minimum=1, maximum=LIMIT_MAX) or 50
     after = query_int(request, "after", default=None, minimum=0, maximum=CURSOR_MAX)
     lines, has_more = await ledger.statement(account_code, limit=limit, after=after)
     return Statement(data=lines, has_more=has_more, next_cursor=lines[-1].posting_id if has_more else None)

@@ -60,7 +60,8 @@ class JournalRepository(Protocol):
 
 
 class LedgerUnitOfWork(Protocol):
-    journals: JournalRepository
+    @property
+    def journals(self) -> JournalRepository: ...
 
     async def __aenter__(self) -> LedgerUnitOfWork: ...
 

@@ -22,6 +22,7 @@ from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized
 from marketplace_pay.shared.bus import Subscription
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.errors import NotFoundError
+from marketplace_pay.shared.money import Currency
 
 
 class PaymentLookup(Protocol):
@@ -54,6 +55,13 @@ class Ledger:
 
     async def change_seller_status(self, seller_id: str, status: AccountStatus) -> Seller:
         return await change_seller_status(seller_id, status, store=self._store, cache=self.directory)
+
+    async def add_seller(self, seller_id: str, currency: str, commission_bps: int) -> Seller:
+        """`onboard_seller` from plain values (the command line's)."""
+        return await self.onboard_seller(OnboardSeller(seller_id, Currency(currency), commission_bps))
+
+    async def set_seller_status(self, seller_id: str, status: str) -> Seller:
+        return await self.change_seller_status(seller_id, AccountStatus(status))
 
     async def seller(self, seller_id: str) -> Seller:
         """NotFoundError for an unknown seller."""

@@ -35,7 +35,7 @@ class LedgerEntriesRecorded(Event, frozen=True):
     topic: ClassVar[str] = "ledger_entries_recorded_topic"
 
     ledger_entries: list[LedgerEntryData]
-    traceparents: list[str] = []  # of the events recorded, for tracing links
+    traceparents: list[str] = msgspec.field(default_factory=list)  # of the events recorded, for tracing links
 
     def event_id(self) -> str:
         """Derived from the journals it announces: announcing the same journals again (a

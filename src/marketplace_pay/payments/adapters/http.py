@@ -7,8 +7,8 @@ import re
 from typing import Annotated, Any
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter
 

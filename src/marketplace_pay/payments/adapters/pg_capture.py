@@ -19,7 +19,6 @@ from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentO
 from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.money import Currency, Money
 
-
 # -- capture ---------------------------------------------------------------------------------
 
 _ORDER_COLUMNS = (

@@ -121,7 +121,7 @@ class CallLog:
             self._file.write(json.dumps(line) + "\n")
 
 
-O = TypeVar("O", AuthorizationOutcome, CaptureOutcome)
+Outcome = TypeVar("Outcome", AuthorizationOutcome, CaptureOutcome)
 
 
 class _Simulator:
@@ -140,7 +140,9 @@ class _Simulator:
             self._seen.popitem(last=False)
         return seen
 
-    async def _answer(self, operation: str, key: str, outcome: O, latency_ms: int, subject: tuple[str, str]) -> O:
+    async def _answer(
+        self, operation: str, key: str, outcome: Outcome, latency_ms: int, subject: tuple[str, str]
+    ) -> Outcome:
         """The PSP has acted; the answer arrives after `latency_ms`. A caller that gives up
         first does not get it, but the act stands (logged `answered: false`)."""
         try:

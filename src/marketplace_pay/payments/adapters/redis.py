@@ -1,7 +1,8 @@
 """The capture retry queue in Redis: a ZSET of waiting items scored by due time, and a ZSET of
 items in flight scored by when they were popped. An item is "<paymentOrderId>:<attempt>", so
 scheduling it twice keeps one. Moving between the two is one Lua script each way: a crash can
-never leave an item in neither (ZPOPMIN then ZADD as two commands would lose the items popped when the process dies between them)."""
+never leave an item in neither (ZPOPMIN then ZADD as two commands would lose the items popped
+when the process dies between them)."""
 
 from __future__ import annotations
 

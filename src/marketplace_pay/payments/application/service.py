@@ -11,7 +11,7 @@ from functools import partial
 from typing import Protocol
 
 from marketplace_pay.payments.application import capture
-from marketplace_pay.payments.application.capture import Capturer, CapturePolicy, RetryQueue
+from marketplace_pay.payments.application.capture import CapturePolicy, Capturer, RetryQueue
 from marketplace_pay.payments.application.create_payment import (
     CreatePayment,
     CreatePaymentResult,

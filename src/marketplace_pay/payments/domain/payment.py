@@ -40,17 +40,17 @@ class PaymentLine(msgspec.Struct, frozen=True):
 
 class Payment:
     __slots__ = (
-        "payment_id",
         "buyer_id",
-        "order_id",
-        "total",
         "captured",
-        "status",
-        "lines",
-        "orders_open",
         "created_at",
-        "updated_at",
         "events",
+        "lines",
+        "order_id",
+        "orders_open",
+        "payment_id",
+        "status",
+        "total",
+        "updated_at",
     )
 
     def __init__(

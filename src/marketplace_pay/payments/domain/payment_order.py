@@ -55,24 +55,24 @@ class CaptureResult(StrEnum):
 
 def equal_jitter_backoff_ms(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
     """capped = min(base·2^(attempt-1), cap); the delay is drawn from [capped/2, capped]."""
-    exp = base_ms * (2 ** max(min(attempt, 40) - 1, 0))
+    exp: int = base_ms * (1 << max(min(attempt, 40) - 1, 0))
     capped = min(exp, cap_ms)
     half = capped // 2
-    return half + (rng or random).randint(0, half)
+    return half + (rng.randint(0, half) if rng is not None else random.randint(0, half))
 
 
 class PaymentOrder:
     __slots__ = (
-        "payment_order_id",
-        "payment_id",
-        "seller_id",
         "amount",
-        "status",
-        "retry_count",
+        "created_at",
+        "next_retry_at",
+        "payment_id",
+        "payment_order_id",
         "psp_key_attempt",
         "psp_outcome_unknown",
-        "next_retry_at",
-        "created_at",
+        "retry_count",
+        "seller_id",
+        "status",
         "updated_at",
     )
 
@@ -147,7 +147,8 @@ class PaymentOrder:
 
     def _refuse(self, action: str) -> InvariantViolation:
         return InvariantViolation(
-            f"Invalid transition: cannot {action} payment order {self.public_id} in {self.status} (retry {self.retry_count})"
+            f"Invalid transition: cannot {action} payment order {self.public_id} "
+            f"in {self.status} (retry {self.retry_count})"
         )
 
     def _move(self, status: PaymentOrderStatus, now: datetime) -> None:
