@@ -42,7 +42,7 @@ class NoDeadLetters:
     async def find(self, **_: object) -> list[Any]:
         return []
 
-    async def replay(self, **_: object) -> list[Any]:
+    async def replay(self, **_: object) -> list[Any]:  # nothing was dead-lettered
         return []
 
     async def gauge(self) -> int:

@@ -197,3 +197,35 @@ async def test_two_dispatchers_at_once_publish_each_retry_once(fresh_database: s
         calls = Counter(c.key for c in psp_calls(settings.psp.call_log, "capture"))
     assert len(commands) == len({c["event_id"] for c in commands}) == orders * 5  # one command per retry
     assert set(calls.values()) == {1}  # every (order, attempt) reached the PSP once
+
+
+async def test_an_authorization_dead_lettered_before_its_orders_existed_is_delivered_again(
+    fresh_database: str, settings_for: Any
+) -> None:
+    """The capture handler fails on a PaymentAuthorized (a bug, a poison message) until it is
+    dead-lettered: the payment is AUTHORIZED with no order, so no order is stuck for the sweeper
+    to find. The sweeper delivers such events again, and the money is captured."""
+    settings = fast(
+        settings_for,
+        fresh_database,
+        psp_scenario="BEST_PSP_EVER",
+        handler_max_attempts=1,
+        sweep_stuck_after_s=1,
+        faults="capture.before_orders=raise@1",
+    )
+    async with start_service(settings) as svc:
+        [payment_id] = await create_payments(svc, 1, amount=lambda rng: 1000)
+
+        async def dead_lettered() -> bool:
+            return bool(
+                await svc.fetchval("SELECT count(*) FROM dead_letters WHERE consumer = 'payments-capture-authorized'")
+            )
+
+        await svc.until(dead_lettered, timeout=10)
+        await wait_all_terminal(svc, [payment_id], timeout=20)
+        orders = await svc.fetch("SELECT status FROM payment_orders")
+        replayed = await svc.fetchval("SELECT replayed_at IS NOT NULL FROM dead_letters")
+    assert orders and {o["status"] for o in orders} == {"CAPTURED"}
+    assert replayed
+    captures = Counter(c.paymentOrderId for c in psp_calls(settings.psp.call_log, "capture"))
+    assert set(captures.values()) == {1}  # each order captured once

@@ -4,11 +4,14 @@ meet only here, each through the other's facade or a port the other's facade ans
 from __future__ import annotations
 
 import random
+from datetime import datetime
+from functools import partial
 
 from marketplace_pay.balances import Balances
 from marketplace_pay.bootstrap.ports import Ports
+from marketplace_pay.infra.dead_letters import DeadLetters
 from marketplace_pay.ledger import CachedSellers, Ledger
-from marketplace_pay.payments import CapturePolicy, Payments, PaymentsPolicy, PaymentsPorts
+from marketplace_pay.payments import CAPTURE_AUTHORIZED, CapturePolicy, Payments, PaymentsPolicy, PaymentsPorts
 from marketplace_pay.payments.adapters.sellers import LedgerSellerDirectory
 from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
 from marketplace_pay.settings import Settings
@@ -37,6 +40,7 @@ def wire_payments(
             authorizer=authorizer,
             capturer=capturer,
             ids=ports.ids,
+            redrive_authorizations=partial(_redrive, ports.dead_letters, CAPTURE_AUTHORIZED),
         ),
         policy=PaymentsPolicy(
             auth_timeout_ms=s.psp.auth_timeout_ms,
@@ -61,3 +65,7 @@ def wire_ledger(ports: Ports, *, directory: CachedSellers, payments: Payments, c
 
 def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:
     return Balances(store=ports.balance_store, overlay=ports.overlay, sellers=ledger, clock=clock)
+
+
+async def _redrive(dead_letters: DeadLetters, consumer: str, before: datetime) -> int:
+    return len(await dead_letters.replay(consumer=consumer, older_than=before))

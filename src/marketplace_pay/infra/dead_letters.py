@@ -56,7 +56,9 @@ class DeadLetters(Protocol):
         self, *, consumer: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> list[DeadLetter]: ...
 
-    async def replay(self, *, ids: Sequence[int] = (), consumer: str | None = None) -> list[DeadLetter]: ...
+    async def replay(
+        self, *, ids: Sequence[int] = (), consumer: str | None = None, older_than: datetime | None = None
+    ) -> list[DeadLetter]: ...
 
     async def gauge(self) -> int: ...
 
@@ -98,17 +100,22 @@ class PgDeadLetters:
         )
         return [_dead_letter(r) for r in rows]
 
-    async def replay(self, *, ids: Sequence[int] = (), consumer: str | None = None) -> list[DeadLetter]:
-        """Put the chosen dead letters (by id, or every one of `consumer`) not replayed yet back
-        into the outbox, in one transaction. Returns what was replayed."""
+    async def replay(
+        self, *, ids: Sequence[int] = (), consumer: str | None = None, older_than: datetime | None = None
+    ) -> list[DeadLetter]:
+        """Put the chosen dead letters (by id, or every one of `consumer`; only those dead-lettered
+        before `older_than` when given) not replayed yet back into the outbox, in one transaction.
+        Returns what was replayed."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """UPDATE dead_letters SET replayed_at = now()
                    WHERE replayed_at IS NULL AND (id = ANY($1::bigint[]) OR consumer = $2)
+                     AND ($3::timestamptz IS NULL OR created_at < $3)
                    RETURNING id, consumer, event_id, event_type, topic, msg_key, payload, traceparent, error, attempts,
                              created_at, replayed_at""",
                 list(ids),
                 consumer,
+                older_than,
             )
             rows = sorted(rows, key=lambda r: r["id"])
             await conn.execute(

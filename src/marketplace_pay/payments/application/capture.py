@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -202,6 +202,7 @@ class Capturer:
 
 
 async def capture_authorized_payments(batch: Sequence[Envelope[PaymentAuthorized]], *, capturer: Capturer) -> None:
+    faults.hit("capture.before_orders")
     now = capturer.clock.now()
     new: list[NewOrder] = []
     causes: dict[int, Envelope[PaymentAuthorized]] = {}
@@ -299,20 +300,33 @@ async def requeue_lost_retries(
 
 
 async def sweep_stuck_orders(
-    *, store: CaptureStore, uow: Callable[[], RetryUnitOfWork], clock: Clock, stuck_after_s: int, limit: int = 1000
+    *,
+    store: CaptureStore,
+    uow: Callable[[], RetryUnitOfWork],
+    clock: Clock,
+    stuck_after_s: int,
+    redrive_authorizations: Callable[[datetime], Awaitable[int]] | None = None,
+    limit: int = 1000,
 ) -> int:
     """Find open orders that have not moved for longer than any schedule allows — their command
     was dead-lettered or lost — and drive them again (a capture command for the attempt they
-    wait for). Reported in a metric and the log. Returns how many were re-driven."""
-    stuck = await store.stuck_orders(unchanged_since=clock.now() - timedelta(seconds=stuck_after_s), limit=limit)
+    wait for). Authorized payments whose PaymentAuthorized was dead-lettered before they were
+    split into orders have no order to find: `redrive_authorizations` delivers those events
+    again (once per `stuck_after_s` at most, while they keep failing). Reported in metrics and
+    the log. Returns how many orders (and payments) were re-driven."""
+    since = clock.now() - timedelta(seconds=stuck_after_s)
+    payments = await redrive_authorizations(since) if redrive_authorizations is not None else 0
+    if payments:
+        log.warning("authorized payments not split into orders; delivering them again", extra={"payments": payments})
+    stuck = await store.stuck_orders(unchanged_since=since, limit=limit)
     metrics.STUCK_ORDERS.set(len(stuck))
     metrics.PSP_UNKNOWN.set(await store.unknown_outcomes())
     if not stuck:
-        return 0
+        return payments
     log.warning(
         "payment orders stopped moving; driving them again",
         extra={"orders": len(stuck), "examples": [o.public_id for o in stuck[:5]]},
     )
     redriven = await _command(uow, {o.payment_order_id: o.retry_count for o in stuck}, clock=clock, touch=True)
     metrics.STUCK_REDRIVEN.inc(redriven)
-    return redriven
+    return redriven + payments

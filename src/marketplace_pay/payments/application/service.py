@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Protocol
 
@@ -60,6 +61,9 @@ class PaymentsPorts:
     authorizer: AuthorizationGateway
     capturer: CaptureGateway
     ids: IdGenerator
+    # delivers again PaymentAuthorized events this context's capture handler dead-lettered
+    # before the given time; returns how many
+    redrive_authorizations: Callable[[datetime], Awaitable[int]] | None = None
 
 
 class Payments:
@@ -142,6 +146,7 @@ class Payments:
             uow=self._ports.retry_uow,
             clock=self._clock,
             stuck_after_s=self._policy.stuck_after_s,
+            redrive_authorizations=self._ports.redrive_authorizations,
         )
 
     # -- handlers ---------------------------------------------------------------------------
