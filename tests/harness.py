@@ -219,9 +219,17 @@ class ServiceProcess:
 
     def crash(self, faults: str, work: Any) -> None:
         """Start with the crash point `faults` armed, run `work(self)`, and expect the process
-        to have killed itself there."""
+        to have killed itself there. With several workers, the one that reaches the point dies
+        (its supervisor starts another); the whole service is then killed, as a machine dies."""
         self.start(faults=faults)
         work(self)
+        if self.workers > 1:
+            deadline = time.monotonic() + 30
+            while "MP_FAULTS: killing process" not in self.log():
+                assert time.monotonic() < deadline, f"no worker died at {faults}; see {self.log_path}"
+                time.sleep(0.05)
+            self.kill()
+            return
         assert self.wait_exit(30) == -signal.SIGKILL, f"did not die at {faults}; see {self.log_path}"
 
     def kill(self) -> None:

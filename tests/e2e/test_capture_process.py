@@ -111,19 +111,23 @@ async def assert_consistent(dsn: str, psp_log: Path) -> dict[str, Any]:
     return {"orders": orders, "asked": asked}
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_killed_between_the_psp_call_and_the_result(
-    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess]
+    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess], workers: int
 ) -> None:
     log = tmp_path / "psp.jsonl"
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
-    service = ServiceProcess(settings)
+    service = ServiceProcess(settings, workers=workers)
     processes.append(service)
     service.crash("capture.after_psp=kill@3", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
     service.start()
     await wait_settled(fresh_database)
     outcome = await assert_consistent(fresh_database, log)
-    # the interrupted attempts were asked again (and, checked above, answered the same); none thrice
-    assert max(outcome["asked"].values()) == 2
+    # the interrupted attempts were asked again (and, checked above, answered the same); with
+    # one process, none thrice (with two, a restarted worker may be killed at the point again)
+    assert max(outcome["asked"].values()) >= 2
+    if workers == 1:
+        assert max(outcome["asked"].values()) == 2
 
 
 async def test_killed_between_the_commit_and_the_retry_being_scheduled(
@@ -153,12 +157,13 @@ async def test_killed_between_the_commit_and_the_retry_being_scheduled(
     assert max(outcome["asked"].values()) <= 2
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_killed_after_handling_before_the_cursor_moved_then_everything_replayed(
-    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess]
+    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess], workers: int
 ) -> None:
     log = tmp_path / "psp.jsonl"
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
-    service = ServiceProcess(settings)
+    service = ServiceProcess(settings, workers=workers)
     processes.append(service)
     service.crash("relay.before_save=kill@6", lambda s: create(s, 20, amount=lambda rng: rng.randint(100, 9000)))
     conn = await asyncpg.connect(fresh_database)
@@ -216,14 +221,15 @@ async def test_on_kafka_killed_mid_run_and_restarted(
     await assert_consistent(fresh_database, log)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_restart_under_the_same_instance_name_strands_nothing(
-    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess]
+    fresh_database: str, settings_for: Any, tmp_path: Path, processes: list[ServiceProcess], workers: int
 ) -> None:
     """As in a container (same hostname, pid 1 every time): killed under load, restarted under
     the same name, every accepted payment finishes."""
     log = tmp_path / "psp.jsonl"
     settings = settings_for(fresh_database, psp_scenario="NORMAL", psp_call_log=log, retry_base_ms=50, retry_cap_ms=200)
-    service = ServiceProcess(settings, extra_env={"MP_INSTANCE_NAME": "payments-0"})
+    service = ServiceProcess(settings, extra_env={"MP_INSTANCE_NAME": "payments-0"}, workers=workers)
     processes.append(service)
     service.start()
     headers = auth(settings.jwt.secret or "", "payment:write")
