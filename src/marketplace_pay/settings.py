@@ -103,7 +103,10 @@ class Psp:
         500, "budget of the synchronous authorization; past it the payment is PENDING_AUTH", minimum=1
     )
     capture_timeout_ms: int = setting(
-        500, "budget of one capture call; past it the outcome is unknown (asked again, same key)", minimum=1
+        3000,
+        "budget of one capture call, above the PSP's usual latency; past it the outcome is unknown "
+        "(asked again, same key)",
+        minimum=1,
     )
     call_log: Path | None = setting(None, "file the simulator appends every call to (JSON lines)")
     max_inflight: int = setting(256, "PSP calls in flight at once, per process", minimum=1)

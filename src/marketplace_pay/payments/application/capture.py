@@ -158,14 +158,16 @@ class Capturer:
         scheduled: list[tuple[int, int, int]] = []
         for (order, cause), result in zip(todo, results, strict=True):
             before = order.state()
+            # A definite "not captured" backs off exponentially before a new key is tried; an
+            # unanswered call is asked again soon (first step of the back-off): the PSP has acted
+            # or not, and answers a repeated key from its record.
+            step = 1 if result is CaptureResult.UNKNOWN else order.retry_count + 1
             status = order.apply_result(
                 result,
                 attempt=order.retry_count,
                 now=now,
                 max_retries=p.max_retries,
-                retry_delay_ms=equal_jitter_backoff_ms(
-                    order.retry_count + 1, base_ms=p.base_ms, cap_ms=p.cap_ms, rng=self._rng
-                ),
+                retry_delay_ms=equal_jitter_backoff_ms(step, base_ms=p.base_ms, cap_ms=p.cap_ms, rng=self._rng),
             )
             changes.append((order, before))
             if status.terminal:
