@@ -178,15 +178,19 @@ def auth_release(payment_order_id: int, amount: Money) -> JournalEntry:
 # -- money out --------------------------------------------------------------------------------
 
 
+def _transfer(
+    journal_id: str, type_: JournalType, name: str, source: Account, target: Account, amount: Money
+) -> JournalEntry:
+    """Money moved from one account to another: DR `source`, CR `target`."""
+    return JournalEntry(journal_id, type_, name, amount.currency, (debit(source, amount), credit(target, amount)))
+
+
 def refund(refund_id: int, seller_id: str, amount: Money) -> JournalEntry:
     c = amount.currency
-    return JournalEntry(
-        f"REFUND:{refund_id}",
-        JournalType.REFUND,
-        "Refund",
-        c,
-        (debit(Account.merchant(seller_id, c), amount), credit(_global(AccountType.PSP_RECEIVABLES, c), amount)),
-    )
+    return _transfer(
+        f"REFUND:{refund_id}", JournalType.REFUND, "Refund",
+        Account.merchant(seller_id, c), _global(AccountType.PSP_RECEIVABLES, c), amount,
+    )  # fmt: skip
 
 
 def refunded_fee(
@@ -207,49 +211,34 @@ def commission_refund(refund_id: int, seller_id: str, fee: Money) -> JournalEntr
     if fee.amount_minor == 0:
         return None
     c = fee.currency
-    return JournalEntry(
-        f"COMMISSION_REFUND:{refund_id}",
-        JournalType.COMMISSION_REFUND,
-        "Commission refund",
-        c,
-        (debit(_global(AccountType.PLATFORM_COMMISSION_REVENUE, c), fee), credit(Account.merchant(seller_id, c), fee)),
-    )
+    return _transfer(
+        f"COMMISSION_REFUND:{refund_id}", JournalType.COMMISSION_REFUND, "Commission refund",
+        _global(AccountType.PLATFORM_COMMISSION_REVENUE, c), Account.merchant(seller_id, c), fee,
+    )  # fmt: skip
 
 
 def payout(payout_id: int, seller_id: str, amount: Money) -> JournalEntry:
     c = amount.currency
-    return JournalEntry(
-        f"PAYOUT:{payout_id}",
-        JournalType.PAYOUT,
-        "Seller payout",
-        c,
-        (debit(Account.merchant(seller_id, c), amount), credit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount)),
-    )
+    return _transfer(
+        f"PAYOUT:{payout_id}", JournalType.PAYOUT, "Seller payout",
+        Account.merchant(seller_id, c), _global(AccountType.PAYOUTS_IN_TRANSIT, c), amount,
+    )  # fmt: skip
 
 
 def payout_paid(payout_id: int, amount: Money) -> JournalEntry:
     c = amount.currency
-    return JournalEntry(
-        f"PAYOUT_PAID:{payout_id}",
-        JournalType.PAYOUT_PAID,
-        "Payout paid by the bank",
-        c,
-        (
-            debit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount),
-            credit(_global(AccountType.PLATFORM_CASH, c), amount),
-        ),
-    )
+    return _transfer(
+        f"PAYOUT_PAID:{payout_id}", JournalType.PAYOUT_PAID, "Payout paid by the bank",
+        _global(AccountType.PAYOUTS_IN_TRANSIT, c), _global(AccountType.PLATFORM_CASH, c), amount,
+    )  # fmt: skip
 
 
 def payout_returned(payout_id: int, seller_id: str, amount: Money) -> JournalEntry:
     c = amount.currency
-    return JournalEntry(
-        f"PAYOUT_RETURNED:{payout_id}",
-        JournalType.PAYOUT_RETURNED,
-        "Payout returned to the seller",
-        c,
-        (debit(_global(AccountType.PAYOUTS_IN_TRANSIT, c), amount), credit(Account.merchant(seller_id, c), amount)),
-    )
+    return _transfer(
+        f"PAYOUT_RETURNED:{payout_id}", JournalType.PAYOUT_RETURNED, "Payout returned to the seller",
+        _global(AccountType.PAYOUTS_IN_TRANSIT, c), Account.merchant(seller_id, c), amount,
+    )  # fmt: skip
 
 
 def psp_fee(gross_minor: int, fee_bps: int) -> int:
