@@ -73,7 +73,7 @@ def test_capture_test_values_win_in_every_scenario(scenario: str) -> None:
 async def test_authorization_test_values_win_in_every_scenario(scenario: str) -> None:
     sim = SimulatedAuthorizationGateway(scenario, seed=0)
     assert await sim.authorize(payment_id=1, buyer_id="DECLINE-7", amount=eur(10)) is AuthorizationOutcome.DECLINED
-    _outcome, latency = sim._outcome(2, "TIMEOUT-1")
+    _, latency = sim.outcome(2, "TIMEOUT-1")
     assert latency > 5000  # longer than any caller's budget
     assert (
         await sim.authorization_status(payment_id=2, buyer_id="TIMEOUT-1", amount=eur(10))

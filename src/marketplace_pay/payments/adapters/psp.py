@@ -158,7 +158,8 @@ class SimulatedAuthorizationGateway(_Simulator):
     def __init__(self, scenario: str, *, seed: int = 0, log: CallLog | None = None) -> None:
         super().__init__(AUTH_SCENARIOS[scenario], seed=seed, log=log)
 
-    def _outcome(self, payment_id: int, buyer_id: str) -> tuple[AuthorizationOutcome, int]:
+    def outcome(self, payment_id: int, buyer_id: str) -> tuple[AuthorizationOutcome, int]:
+        """What the PSP does with this authorization, and how long it takes to answer."""
         d = draw(self.seed, "authorize", str(payment_id), self.scenario)
         if buyer_id.startswith("DECLINE"):
             return AuthorizationOutcome.DECLINED, d.latency_ms % 150
@@ -168,7 +169,7 @@ class SimulatedAuthorizationGateway(_Simulator):
         return (AuthorizationOutcome.DECLINED if declined else AuthorizationOutcome.APPROVED), d.latency_ms
 
     async def authorize(self, *, payment_id: int, buyer_id: str, amount: Money) -> AuthorizationOutcome:
-        outcome, latency_ms = self._outcome(payment_id, buyer_id)
+        outcome, latency_ms = self.outcome(payment_id, buyer_id)
         key = str(payment_id)
         if self._replay(key):
             latency_ms = min(latency_ms, self.scenario.replay_ms)
@@ -177,7 +178,7 @@ class SimulatedAuthorizationGateway(_Simulator):
     async def authorization_status(
         self, *, payment_id: int, buyer_id: str, amount: Money
     ) -> AuthorizationOutcome | None:
-        outcome, _ = self._outcome(payment_id, buyer_id)
+        outcome, _ = self.outcome(payment_id, buyer_id)
         self.log.record(
             "authorization_status",
             str(payment_id),
