@@ -120,7 +120,7 @@ class Settings:
 
     # runtime
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"  # json, text, or auto: text on a terminal, else json
     shutdown_grace_s: int = 20
     faults: str | None = None
     workers: int = 0  # 0 = one per two CPU cores (PostgreSQL shares the machine by default)
@@ -131,9 +131,9 @@ class Settings:
         scenario = (_str(env, "MP_PSP_SCENARIO", "NORMAL") or "NORMAL").upper()
         if scenario not in PSP_SCENARIOS:
             raise SettingsError(f"MP_PSP_SCENARIO must be one of {', '.join(PSP_SCENARIOS)}, got {scenario!r}")
-        log_format = (_str(env, "MP_LOG_FORMAT", "json") or "json").lower()
-        if log_format not in ("json", "text"):
-            raise SettingsError(f"MP_LOG_FORMAT must be json or text, got {log_format!r}")
+        log_format = (_str(env, "MP_LOG_FORMAT", "auto") or "auto").lower()
+        if log_format not in ("auto", "json", "text"):
+            raise SettingsError(f"MP_LOG_FORMAT must be auto, json or text, got {log_format!r}")
         defaults = cls()
         settings = cls(
             database_url=_str(env, "DATABASE_URL"),
