@@ -274,6 +274,7 @@ async def reconcile(
         *await store.auth_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)
+    metrics.RECONCILED_AT.set_to_current_time()
     return ReconcileReport(drift=drift, accounts_checked=checked, repaired=repair)
 
 
