@@ -1,5 +1,6 @@
-"""A tiny OTLP/HTTP trace receiver for tests: accepts `POST /v1/traces` (protobuf, optionally
-gzip), decodes it with `opentelemetry-proto` and keeps the spans."""
+"""A tiny OTLP trace receiver for tests: over HTTP it accepts `POST /v1/traces` (protobuf,
+optionally gzip), over gRPC the TraceService Export call; it decodes the spans with
+`opentelemetry-proto` and keeps them."""
 
 from __future__ import annotations
 
@@ -33,11 +34,16 @@ class ReceivedSpan:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    def __init__(self, protocol: str = "http/protobuf") -> None:
+        self.protocol = protocol
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self._lock = threading.Lock()
+        self._grpc: Any = None
         receiver = self
+        if protocol == "grpc":
+            self._grpc_server()
+            return
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
@@ -61,8 +67,27 @@ class OtlpReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    def _grpc_server(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:  # noqa: N802
+                receiver._add(request)
+                return ExportTraceServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
+        self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+
     @property
     def url(self) -> str:
+        if self._grpc is not None:
+            return f"http://127.0.0.1:{self._grpc_port}"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
@@ -99,9 +124,15 @@ class OtlpReceiver:
             time.sleep(0.05)
 
     def __enter__(self) -> OtlpReceiver:
-        self._thread.start()
+        if self._grpc is not None:
+            self._grpc.start()
+        else:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+            return
         self._server.shutdown()
         self._server.server_close()

@@ -1,7 +1,8 @@
 """One payment, one trace: `marketplace-pay serve` exporting to an OTLP/HTTP receiver on a local
 port. The spans of one payment — the HTTP request, the PSP authorization, the relay's publishes,
 every handler and the PSP captures — arrive under the trace id the API returned in X-Trace-Id,
-on the in-memory bus and across Kafka (the traceparent travels in a record header)."""
+on the in-memory bus and across Kafka (the traceparent travels in a record header), over
+OTLP/HTTP and OTLP/gRPC."""
 
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ PAYMENT_SPANS = {
 }
 
 
-def _one_payment_one_trace(settings: Any, processes: list[ServiceProcess], *, start_timeout: float = 30) -> None:
-    with OtlpReceiver() as otlp:
+def _one_payment_one_trace(
+    settings: Any, processes: list[ServiceProcess], *, protocol: str = "http/protobuf", start_timeout: float = 30
+) -> None:
+    with OtlpReceiver(protocol) as otlp:
         service = ServiceProcess(
             settings,
             extra_env={
                 "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
                 "OTEL_BSP_SCHEDULE_DELAY": "100",  # export every 0.1 s: a quick test
                 "OTEL_SERVICE_NAME": "marketplace-pay-under-test",
             },
@@ -89,10 +92,11 @@ def _named(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
     return found[0]
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_one_payment_is_one_trace_from_the_request_to_the_balances(
-    fresh_database: str, settings_for: Any, processes: list[ServiceProcess]
+    protocol: str, fresh_database: str, settings_for: Any, processes: list[ServiceProcess]
 ) -> None:
-    _one_payment_one_trace(settings_for(fresh_database), processes)
+    _one_payment_one_trace(settings_for(fresh_database), processes, protocol=protocol)
 
 
 @pytest.mark.kafka
