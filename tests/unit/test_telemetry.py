@@ -148,7 +148,7 @@ def test_work_of_an_unsampled_trace_builds_no_span(exported: InMemorySpanExporte
 
 def test_a_payment_is_one_trace_through_publish_handler_and_psp(exported: InMemorySpanExporter) -> None:
     with telemetry.server_span("POST /api/v1/payments", SAMPLED) as http:
-        with telemetry.client_span("psp authorize", **{"payment.id": "pay_AAAAAAAAAAA"}):
+        with telemetry.client_span("psp authorize", attributes={"payment.id": "pay_AAAAAAAAAAA"}):
             pass
         trace_id, traceparent = telemetry.current_ids()
     published, end = telemetry.publish_spans([Message("topic", "k", "e1", "payment_authorized", b"{}", traceparent)])

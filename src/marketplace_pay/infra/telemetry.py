@@ -338,7 +338,9 @@ def _quietly(traceparent: str | None) -> Iterator[QuietSpan]:
 
 
 @contextmanager
-def _recorded(name: str, context: Any, kind: SpanKind, links: Sequence[Link] = (), **attributes: Any) -> Iterator[Any]:
+def _recorded(
+    name: str, context: Any, kind: SpanKind, links: Sequence[Link] = (), attributes: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
     """An SDK span as the current one (and no quiet trace ids over it)."""
     token = _quiet.set(None) if _quiet.get() is not None else None
     try:
@@ -364,14 +366,16 @@ def server_span(name: str, traceparent: str | None) -> Iterator[Any]:
 
 
 @contextmanager
-def span_for(name: str, traceparent: str | None, *, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> Iterator[Any]:
+def span_for(
+    name: str, traceparent: str | None, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL
+) -> Iterator[Any]:
     """Work done for the event or payment `traceparent` names (a job acting for one payment):
     a span in its trace, or — not recorded — at least its trace id in the logs."""
     if not _recording or not _wanted(traceparent):
         with _quietly(traceparent) as quiet:
             yield quiet
         return
-    with _recorded(name, _parent_context(traceparent), kind, **attributes) as span:
+    with _recorded(name, _parent_context(traceparent), kind, attributes=attributes) as span:
         yield span
 
 
@@ -381,7 +385,7 @@ def consume_span(consumer: str, event_type: str, traceparents: Sequence[str | No
     under its first sampled event's span and links to the others."""
     name = f"{consumer} {event_type}"
     if len(traceparents) == 1:
-        with span_for(name, traceparents[0], kind=SpanKind.CONSUMER, **{"messaging.consumer.group.name": consumer}):
+        with span_for(name, traceparents[0], {"messaging.consumer.group.name": consumer}, kind=SpanKind.CONSUMER):
             yield
         return
     chosen = [tp for tp in dict.fromkeys(traceparents) if tp and _wanted(tp)] if _recording else []
@@ -400,12 +404,12 @@ def consume_span(consumer: str, event_type: str, traceparents: Sequence[str | No
             if len(links) == _MAX_LINKS:
                 break
     attributes = {"messaging.consumer.group.name": consumer, "messaging.batch.message_count": len(traceparents)}
-    with _recorded(name, _parent_context(chosen[0]), SpanKind.CONSUMER, links, **attributes):
+    with _recorded(name, _parent_context(chosen[0]), SpanKind.CONSUMER, links, attributes):
         yield
 
 
 @contextmanager
-def client_span(name: str, traceparent: str | None = None, **attributes: Any) -> Iterator[Any]:
+def client_span(name: str, traceparent: str | None = None, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """A call to another system (the PSP) made for the work `traceparent` names — a payment
     order in a batch — or, without one, for the current work. Inside a batch that belongs to
     another trace, the span joins `traceparent`'s trace and links to the batch."""
@@ -413,23 +417,24 @@ def client_span(name: str, traceparent: str | None = None, **attributes: Any) ->
         yield _NO_SPAN
         return
     current = trace.get_current_span().get_span_context()
+    links: tuple[Link, ...] = ()
     if traceparent is None:
         quiet = _quiet.get()
         if quiet is not None or (current.is_valid and _follow_parent and not current.trace_flags.sampled):
             yield _NO_SPAN  # the current work is not recorded: neither is this call
             return
-        context, links = None, ()
+        context = None
     else:
         remote = _remote_span(traceparent)
         if not _wanted(traceparent) or remote is None:
             yield _NO_SPAN
             return
         if current.is_valid and current.trace_id == remote.trace_id:
-            context, links = None, ()  # already in that trace: a child of the current span
+            context = None  # already in that trace: a child of the current span
         else:
             context = trace.set_span_in_context(NonRecordingSpan(remote))
             links = (Link(current),) if current.is_valid and current.trace_flags.sampled else ()
-    with _recorded(name, context, SpanKind.CLIENT, links, **attributes) as span:
+    with _recorded(name, context, SpanKind.CLIENT, links, attributes) as span:
         yield span
 
 

@@ -149,7 +149,7 @@ class Capturer:
     async def traced_call(self, order: PaymentOrder, traceparent: str | None) -> CaptureResult:
         """`call_psp` in a span of the trace of the event it serves (`traceparent`)."""
         operation = "psp capture_status" if order.asks_status(self.policy.max_retries) else "psp capture"
-        with client_span(operation, traceparent, **{"payment.id": order.public_payment_id, "payment_order.id": order.public_id}) as span:
+        with client_span(operation, traceparent, {"payment.id": order.public_payment_id, "payment_order.id": order.public_id}) as span:
             result = await self.call_psp(order)
             span.set_attribute("psp.result", result.value)
             return result

@@ -231,7 +231,7 @@ async def create_payment(
     faults.hit("payments.after_insert")
 
     keep = render if keyed.idempotency_key is not None else None
-    with client_span("psp authorize", **{"payment.id": payment.public_id}) as span:
+    with client_span("psp authorize", attributes={"payment.id": payment.public_id}) as span:
         outcome = await ask_psp(payment, psp=psp, timeout_s=auth_timeout_ms / 1000)
         span.set_attribute("psp.result", outcome.value if outcome is not None else "TIMEOUT")
     if outcome is None:
@@ -267,7 +267,7 @@ async def resolve_pending_authorizations(
     finished = 0
     for pending in claimed:
         # in the payment's trace: its span (when sampled) and its trace id in the logs
-        with span_for("resolve pending authorization", pending.traceparent, **{"payment.id": pending.payment.public_id}):
+        with span_for("resolve pending authorization", pending.traceparent, {"payment.id": pending.payment.public_id}):
             outcome = await _final_outcome(pending.payment, psp)
             if outcome is None:
                 continue
