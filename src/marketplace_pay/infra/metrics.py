@@ -143,6 +143,15 @@ BALANCE_DRIFT_MINOR = Gauge(
     "Sum of absolute balance differences at the last reconciliation, in minor units of money",
     multiprocess_mode="mostrecent",
 )
+RECONCILIATION_DIFFERENCES = Gauge(
+    _P + "reconciliation_differences",
+    "Differences the last reconciliation found, by check: snapshot and real-time (a balance against its"
+    " postings), trial-balance (debits against credits, per currency), auth-open (a finished payment's"
+    " AUTH_* accounts not netting to zero)",
+    ["check"],
+    multiprocess_mode="mostrecent",
+)
+RECONCILIATION_CHECKS = ("snapshot", "real-time", "trial-balance", "auth-open")
 RECONCILED_AT = Gauge(
     _P + "reconciliation_last_run_timestamp_seconds",
     "When a reconciliation last finished (Unix time)",

@@ -282,6 +282,8 @@ def record_drift(drift: Sequence[Drift]) -> None:
     accounts = {d.subject for d in drift if d.check in ("snapshot", "real-time")}
     metrics.BALANCE_DRIFT.set(len(accounts))
     metrics.BALANCE_DRIFT_MINOR.set(sum(abs(d.difference_minor) for d in drift if d.check in ("snapshot", "real-time")))
+    for check in metrics.RECONCILIATION_CHECKS:
+        metrics.RECONCILIATION_DIFFERENCES.labels(check).set(sum(d.check == check for d in drift))
 
 
 async def _repair(*, store: BalanceStore, overlay: Overlay) -> None:
