@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from marketplace_pay.infra.metrics import HTTP_METHODS
 from tests.harness import payment_body, start_service
 
-ALLOWED_LABELS = {"method", "route", "code", "status", "operation", "result", "consumer", "topic", "partition", "kind", "state"}
+ALLOWED_LABELS = {"method", "route", "code", "status", "operation", "result", "consumer", "topic", "partition", "kind", "state", "check"}
 
 
 def value(name: str, **labels: str) -> float:
