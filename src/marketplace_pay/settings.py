@@ -262,7 +262,11 @@ class Log:
     level: str = setting(
         "INFO", "DEBUG, INFO, WARNING, ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
-    format: str = setting("json", "json or text", choices=("json", "text"))
+    format: str = setting(
+        "auto",
+        "json, text, or auto: readable text on a terminal, JSON lines otherwise",
+        choices=("auto", "json", "text"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

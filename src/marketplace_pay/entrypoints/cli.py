@@ -29,12 +29,15 @@ def default_workers() -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import contextlib
+    import logging
     import os
     from collections.abc import Iterator
 
     import uvicorn
 
-    from marketplace_pay.infra.logs import setup_logging
+    from marketplace_pay.infra import metrics
+    from marketplace_pay.infra.logs import setup_logging, startup_fields
+    from marketplace_pay.infra.telemetry import TracingConfigError, tracing_config
 
     class DrainingServer(uvicorn.Server):
         """SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the shutdown (relay and
@@ -51,6 +54,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     setup_logging(settings.log.level, settings.log.format)
     workers = args.workers or settings.process.workers or default_workers()
+    try:
+        tracing = tracing_config()
+    except TracingConfigError as exc:
+        sys.exit(f"marketplace-pay: {exc}")
+    # Several workers write their metrics to one directory, so that any of them answers a scrape
+    # with all of them (a single worker keeps them in memory, unless the operator chose a directory).
+    metrics_dir, metrics_dir_made = (
+        metrics.prepare_multiprocess_dir() if workers > 1 or metrics.multiprocess_dir() else (None, False)
+    )
+    listen = f"http://{args.host}:{args.port}"
+    logging.getLogger("marketplace_pay.serve").info(
+        f"marketplace-pay serving {listen} with {workers} worker{'s' if workers > 1 else ''}",
+        extra=startup_fields(
+            settings,
+            listen=listen,
+            workers=workers,
+            tracing=tracing.describe(),
+            metrics=f"{listen}/metrics" + (" (all workers)" if metrics_dir else ""),
+        ),
+    )
     common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -69,7 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from marketplace_pay.entrypoints.http import create_app
 
         server = DrainingServer(uvicorn.Config(create_app(settings=settings), **common))
-        server.run()
+        try:
+            server.run()
+        finally:
+            if metrics_dir_made and metrics_dir is not None:
+                metrics.remove_multiprocess_dir(metrics_dir)
         return 0 if server.started else 1
 
     # Several workers share the listening socket; each runs the API, its share of the outbox
@@ -83,12 +110,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(DATABASE_URL=dsn, REDIS_URL=redis_url, MP_SUPERVISED="1")
     if not settings.jwt.jwks_url:
         os.environ["MP_JWT_SECRET"] = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
+
+    class Supervisor(Multiprocess):
+        """uvicorn's supervisor; a worker that died or was replaced leaves the live metrics."""
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            metrics.forget_processes(before - {p.pid for p in self.processes})
+
+        def restart_all(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().restart_all()
+            metrics.forget_processes(before - {p.pid for p in self.processes})
+
     config = uvicorn.Config("marketplace_pay.entrypoints.http:create_app", factory=True, workers=workers, **common)
     try:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Supervisor(config, sockets=[config.bind_socket()]).run()
     finally:
         if embedded_redis is not None:
             embedded_redis.stop()
+        if metrics_dir_made and metrics_dir is not None:
+            metrics.remove_multiprocess_dir(metrics_dir)
     return 0
 
 

@@ -28,7 +28,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from marketplace_pay.bootstrap import Container, bootstrap
 from marketplace_pay.bootstrap.web import ROUTES, dependencies
@@ -39,7 +39,7 @@ from marketplace_pay.infra.logs import setup_logging
 from marketplace_pay.infra.openapi import PROBLEM_JSON as DOC_PROBLEM_JSON
 from marketplace_pay.infra.openapi import component_schemas, documented
 from marketplace_pay.infra.resources import open_resources
-from marketplace_pay.infra.telemetry import current_ids, server_span, setup_tracing, trace_id_of
+from marketplace_pay.infra.telemetry import current_ids, flush_tracing, server_span, setup_tracing, trace_id_of
 from marketplace_pay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ def observe(app: ASGIApp) -> ASGIApp:
                 route = scope.get("path_template", "unmatched")
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.response.status_code", status)
-                metrics.HTTP_LATENCY.labels(method, route, str(status)).observe(time.perf_counter() - started)
+                metrics.HTTP_LATENCY.labels(metrics.http_method(method), route, str(status)).observe(
+                    time.perf_counter() - started
+                )
 
     return middleware
 
@@ -192,7 +194,8 @@ async def ready(request: Request[Any, Any, Any], container: NamedDependency[Cont
     operation_class=documented(public=True),
 )
 def prometheus() -> Response[bytes]:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 class Running:
@@ -207,7 +210,7 @@ class Running:
         return self.container
 
 
-def attach(app: Litestar, container: NamedDependency[Container]) -> None:
+def attach(app: Litestar, container: Container) -> None:
     """Make `container` the one the request handlers use (and the token guard's verifier)."""
     app.state.running.container = container
     app.state.verifier = container.verifier
@@ -227,9 +230,10 @@ def _worker_setup() -> Settings:
 
 
 def create_app(container: Container | None = None, *, settings: Settings | None = None) -> Litestar:
-    setup_tracing()
     if container is None and settings is None:
         settings = _worker_setup()
+    setup_tracing((settings if settings is not None else container.settings).process.instance_name)  # type: ignore[union-attr]
+    metrics.setup_metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -243,6 +247,7 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
         try:
             async with running(active):
                 log.info("marketplace-pay ready", extra={"instance": active.settings.process.instance_name})
+                metrics.WORKER_PROCESSES.set(1)
                 gc.collect()
                 gc.freeze()  # what start-up built lives for good: the collector need not scan it again
                 # Almost nothing here forms reference cycles (reference counting frees it); the
@@ -251,8 +256,10 @@ def create_app(container: Container | None = None, *, settings: Settings | None 
                 gc.set_threshold(50_000, 20, 50)
                 yield
         finally:
+            metrics.WORKER_PROCESSES.set(0)
             if owned is not None:
                 await owned.close()
+            flush_tracing()
             log.info("marketplace-pay stopped")
 
     running_container = Running()

@@ -132,10 +132,11 @@ class PgDeadLetters:
 
     async def gauge(self) -> int:
         """Dead letters waiting for an operator, per consumer, into the metric; returns the total."""
+        # Every consumer that ever had one, so that a consumer whose letters were all replayed
+        # reads 0 (in every worker process), not its last count.
         rows = await self._pool.fetch(
-            "SELECT consumer, count(*) AS n FROM dead_letters WHERE replayed_at IS NULL GROUP BY consumer"
+            "SELECT consumer, count(*) FILTER (WHERE replayed_at IS NULL) AS n FROM dead_letters GROUP BY consumer"
         )
-        metrics.DEAD_LETTERS_WAITING.clear()
         for r in rows:
             metrics.DEAD_LETTERS_WAITING.labels(r["consumer"]).set(r["n"])
         return sum(r["n"] for r in rows)

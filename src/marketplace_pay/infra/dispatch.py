@@ -19,6 +19,7 @@ import msgspec
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.codec import decode_envelope
 from marketplace_pay.infra.failures import is_transient
+from marketplace_pay.infra.logs import about
 from marketplace_pay.infra.telemetry import consume_span
 from marketplace_pay.shared.bus import DeadLetterSink, Message, Subscription
 from marketplace_pay.shared.envelope import Envelope
@@ -80,7 +81,7 @@ class Dispatcher:
                 if attempt >= self._max_attempts:
                     log.error(
                         "handler keeps failing; dead-lettering",
-                        extra={"consumer": sub.consumer, "eventId": env.event_id, "error": repr(exc)},
+                        extra={"consumer": sub.consumer, **about(env), "error": repr(exc)},
                         exc_info=exc,
                     )
                     await self._dead_letter(sub, message, repr(exc), attempts=attempt)

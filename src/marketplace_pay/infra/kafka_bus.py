@@ -69,6 +69,7 @@ class KafkaEventBus:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._lag_reported: dict[str, set[TopicPartition]] = {}
 
     def subscribe(self, subscription: Subscription) -> None:
         if self._producer is not None:
@@ -213,7 +214,12 @@ class KafkaEventBus:
             log.warning("kafka commit failed", extra={"consumer": sub.consumer, "error": repr(exc)})
 
     async def _report_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
+        assigned = set(consumer.assignment())
+        # Partitions handed to another member: their lag is that member's to report now.
+        for tp in self._lag_reported.get(sub.consumer, set()) - assigned:
+            metrics.CONSUMER_LAG.labels(sub.consumer, tp.topic, str(tp.partition)).set(0)
+        self._lag_reported[sub.consumer] = assigned
+        for tp in assigned:
             highwater = consumer.highwater(tp)
             position = consumer.last_stable_offset(tp) if highwater is None else highwater
             try:

@@ -50,6 +50,7 @@ from marketplace_pay.infra.relay_support import (
     running,
     running_below,
 )
+from marketplace_pay.infra.telemetry import publish_spans
 from marketplace_pay.shared.bus import EventBus, Message
 from marketplace_pay.shared.faults import faults
 
@@ -323,6 +324,7 @@ class OutboxRelay:
                     traceparent=r["traceparent"],
                 )
             )
+        messages, traced = publish_spans(messages)  # sampled events: a span until durable
         batch = Batch(first, len(rows))
         for shard, position in first.items():
             self._inflight_first[shard][position] += 1
@@ -331,13 +333,17 @@ class OutboxRelay:
         try:
             future = await self._bus.publish(messages)
         except Exception as exc:  # noqa: BLE001
-            self._finished(batch, exc)
+            self._finished(batch, exc, traced)
             return
-        future.add_done_callback(lambda f: self._finished(batch, None if f.cancelled() else f.exception()))
+        future.add_done_callback(lambda f: self._finished(batch, None if f.cancelled() else f.exception(), traced))
         if not self._bus.pipelined:  # a broker acknowledgement per batch: wait, so batches never overtake
             await asyncio.wait([future])
 
-    def _finished(self, batch: Batch, error: BaseException | None) -> None:
+    def _finished(
+        self, batch: Batch, error: BaseException | None, traced: Callable[[BaseException | None], None] | None = None
+    ) -> None:
+        if traced is not None:
+            traced(error)
         self._inflight -= batch.size
         if error is None:
             self.published += batch.size

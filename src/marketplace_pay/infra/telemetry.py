@@ -1,30 +1,234 @@
 """OpenTelemetry: one trace per payment, from the HTTP request through the outbox, the bus and
-every handler. The envelope carries the trace id and the W3C traceparent.
+every handler and PSP call. The envelope carries the trace id and the W3C traceparent; so do
+Kafka records (a `traceparent` header).
 
-Spans cost CPU on every request and every handler batch even when nobody collects them, so
-they are created only while an exporter is configured. Without one, trace ids still flow — a
-request gets (or keeps) a trace id, its events carry it and a traceparent, logs show it — but
-no span object is built."""
+The spans of one payment:
+
+    POST /api/v1/payments                      server    the request
+      psp authorize                            client    the synchronous authorization
+      publish payment_authorized               producer  relay: read from the outbox → durable on the bus
+        payments-capture-authorized payment_authorized   consumer  the handler's transaction(s)
+          psp capture                          client    one per payment order
+        ledger-record-authorizations payment_authorized
+      publish payment_order_finalized          producer
+        ledger-record-finalizations payment_order_finalized
+      publish ledger_entries_recorded          producer
+        balances-apply-ledger-entries ledger_entries_recorded
+
+A handler called with a batch of events from several payments runs under the first sampled
+event's span and links to the others; a PSP call made for one payment order in such a batch
+still belongs to that order's trace (and links to the batch). Jobs acting for one payment (the
+PENDING_AUTH resolver) join its trace as well.
+
+**Configuration** — the standard variables:
+- `OTEL_TRACES_EXPORTER` — `otlp`, `console`, `none` (comma-separated). Unset: `otlp` when
+  `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, else none.
+  `MP_TRACE_EXPORT=console` adds the console exporter. `OTEL_SDK_DISABLED=true`: none.
+- `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` — `http/protobuf` (default, port 4318) or `grpc` (4317);
+  the exporters read their own endpoint, headers, timeout and compression variables.
+- `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` — the SDK's samplers; default
+  `parentbased_always_on` (every trace, and a caller's sampling decision is kept).
+- `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` — default service name `marketplace-pay`.
+- `OTEL_BSP_*` — batching of the export (default: every 5 s, 512 spans per request).
+
+**Cost.** Spans cost CPU on every request and every handler batch even when nobody collects
+them, so none is built unless an exporter is configured. Without one, trace ids still flow — a
+request gets (or keeps) a trace id, its events carry it and a traceparent, logs show it. With
+one, work whose trace is not sampled takes the same cheap path: when the sampler follows the
+parent (the `parentbased_*` samplers, the default) the sampled flag of the event's traceparent
+is read first, and an unsampled event builds no span object at all.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
+import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from marketplace_pay.shared.bus import Message
+
+log = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
 _configured = False
-_recording = False
+_recording = False  # an exporter is configured: spans are built for sampled work
+_follow_parent = True  # the sampler keeps the parent's decision: an unsampled parent means no span
+_provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
+
+SERVICE_NAME = "marketplace-pay"
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+class TracingConfigError(ValueError):
+    """An OTEL_* / MP_TRACE_EXPORT variable has a value that cannot be used."""
+
+
+class TracingConfig(NamedTuple):
+    exporters: tuple[str, ...]  # "otlp", "console"; empty: tracing is off
+    protocol: str
+    endpoint: str | None  # where OTLP goes (for people: the start-up line)
+    sampler: str
+    sampler_arg: float | None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exporters)
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "off"
+        parts = []
+        for name in self.exporters:
+            parts.append(f"otlp {self.protocol} {self.endpoint}" if name == "otlp" else name)
+        sampler = self.sampler + (f"({self.sampler_arg:g})" if self.sampler_arg is not None else "")
+        return f"{', '.join(parts)}; sampler {sampler}"
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def tracing_config(env: Mapping[str, str] | None = None) -> TracingConfig:
+    """What the environment asks for; raises TracingConfigError on a value that cannot work."""
+    env = os.environ if env is None else env
+    protocol = (
+        (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+        .strip()
+        .lower()
+    )
+    listed = env.get("OTEL_TRACES_EXPORTER")
+    if _flag(env, "OTEL_SDK_DISABLED"):
+        names: list[str] = []
+    elif listed is not None and listed.strip():
+        names = [n.strip().lower() for n in listed.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ("otlp", "console", "none")]
+        if unknown:
+            raise TracingConfigError(
+                f"OTEL_TRACES_EXPORTER: unknown exporter(s) {', '.join(unknown)}; use otlp, console or none"
+            )
+        names = [n for n in names if n != "none"]
+    else:
+        names = (
+            ["otlp"] if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else []
+        )
+    export = (env.get("MP_TRACE_EXPORT") or "").strip().lower()
+    if export not in ("", "console"):
+        raise TracingConfigError(f"MP_TRACE_EXPORT must be console or unset, got {export!r}")
+    if export == "console" and "console" not in names and not _flag(env, "OTEL_SDK_DISABLED"):
+        names.append("console")
+    names = list(dict.fromkeys(names))
+    if "otlp" in names and protocol not in _PROTOCOLS:
+        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}")
+    endpoint = None
+    if "otlp" in names:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if not endpoint:
+            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            if protocol == "grpc":
+                endpoint = base or "http://localhost:4317"
+            else:
+                endpoint = (base.rstrip("/") if base else "http://localhost:4318") + "/v1/traces"
+    sampler = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
+    if sampler not in _SAMPLERS:
+        raise TracingConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(_SAMPLERS)}, got {sampler!r}")
+    arg = None
+    if sampler.endswith("traceidratio"):
+        raw = env.get("OTEL_TRACES_SAMPLER_ARG") or "1.0"
+        try:
+            arg = float(raw)
+        except ValueError:
+            raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {raw!r}") from None
+        if not 0.0 <= arg <= 1.0:
+            raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG must be in [0, 1], got {raw!r}")
+    return TracingConfig(tuple(names), protocol, endpoint, sampler, arg)
+
+
+def _exporter(name: str, config: TracingConfig) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if config.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter()
+
+
+def setup_tracing(instance_name: str | None = None) -> TracingConfig:
+    """Install the SDK tracer provider once per process, with the exporters the environment asks
+    for. Without any, no span is ever built (see the module docstring)."""
+    global _configured, _recording, _follow_parent, _provider, _tracer
+    config = tracing_config()
+    if _configured:
+        return config
+    _configured = True
+    if not config.enabled:
+        return config
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+    attributes: dict[str, str] = {"service.version": _version()}
+    if instance_name:
+        attributes["service.instance.id"] = instance_name
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes["service.name"] = SERVICE_NAME
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=_get_from_env_or_default())
+    for name in config.exporters:
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, config)))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    _tracer = None
+    _recording = True
+    _follow_parent = config.sampler.startswith("parentbased_")
+    return config
+
+
+def flush_tracing(timeout_s: float = 5.0) -> None:
+    """Export what is buffered (at shutdown: the batch processor exports every few seconds)."""
+    if _provider is not None:
+        _provider.force_flush(int(timeout_s * 1000))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("marketplace-pay")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
+        return "unknown"
+
+
+def tracer() -> trace.Tracer:
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer("marketplace_pay")
+    return _tracer
+
+
+# -- trace ids without spans ----------------------------------------------------------------------
 
 
 class TraceIds(NamedTuple):
@@ -35,29 +239,6 @@ class TraceIds(NamedTuple):
 _quiet: ContextVar[TraceIds | None] = ContextVar("mp_trace_ids", default=None)
 
 
-def setup_tracing(service_name: str = "marketplace-pay") -> None:
-    """Install the SDK tracer provider once per process. Spans are recorded and exported only
-    when MP_TRACE_EXPORT=console."""
-    global _configured, _recording
-    if _configured:
-        return
-    from opentelemetry.sdk.resources import Resource
-
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if os.environ.get("MP_TRACE_EXPORT", "").lower() == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        _recording = True
-    trace.set_tracer_provider(provider)
-    _configured = True
-
-
-def tracer() -> trace.Tracer:
-    global _tracer
-    if _tracer is None:
-        _tracer = trace.get_tracer("marketplace_pay")
-    return _tracer
-
-
 def _unrecorded(parent: str | None) -> TraceIds:
     """Ids for work that is traced but not recorded: the parent's trace id (or a new one) and a
     new span id, flagged not sampled."""
@@ -66,7 +247,7 @@ def _unrecorded(parent: str | None) -> TraceIds:
 
 
 class QuietSpan:
-    """What `server_span` yields when spans are not recorded."""
+    """What the span helpers yield when no span is built."""
 
     __slots__ = ("trace_id",)
 
@@ -78,6 +259,9 @@ class QuietSpan:
 
     def set_attribute(self, key: str, value: Any) -> None:
         return None
+
+
+_NO_SPAN = QuietSpan("")
 
 
 def trace_id_of(span: Any) -> str:
@@ -116,8 +300,8 @@ _MAX_LINKS = 128  # the SDK's default span limit: links beyond it would be dropp
 
 
 def _remote_span(traceparent: str) -> SpanContext | None:
-    """The span a W3C traceparent (`00-<trace id>-<span id>-<flags>`) names. For batch links:
-    cheaper than the propagator, which builds a whole Context per event."""
+    """The span a W3C traceparent (`00-<trace id>-<span id>-<flags>`) names. Cheaper than the
+    propagator, which builds a whole Context per event."""
     parts = traceparent.split("-")
     if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
         return None
@@ -130,50 +314,181 @@ def _remote_span(traceparent: str) -> SpanContext | None:
     return ctx if ctx.is_valid else None
 
 
+def sampled(traceparent: str | None) -> bool:
+    """Whether a traceparent's sampled flag is set (its flags are the last field of version 00)."""
+    if not traceparent or len(traceparent) < 55:
+        return False
+    try:
+        return bool(int(traceparent[53:55], 16) & 1)
+    except ValueError:
+        return False
+
+
+def _wanted(traceparent: str | None) -> bool:
+    """Whether work under `traceparent` gets a span: the sampler decides, and when it follows the
+    parent, an unsampled parent settles it here, before any span object is built."""
+    return not _follow_parent or sampled(traceparent)
+
+
+def _parent_context(traceparent: str | None) -> Context | None:
+    remote = _remote_span(traceparent) if traceparent else None
+    return trace.set_span_in_context(NonRecordingSpan(remote)) if remote is not None else None
+
+
+def _traceparent_of(span: trace.Span) -> str:
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+@contextmanager
+def _quietly(traceparent: str | None) -> Iterator[QuietSpan]:
+    ids = _unrecorded(traceparent)
+    token = _quiet.set(ids)
+    try:
+        yield QuietSpan(ids.trace_id)
+    finally:
+        _quiet.reset(token)
+
+
+@contextmanager
+def _recorded(
+    name: str, context: Any, kind: SpanKind, links: Sequence[Link] = (), attributes: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
+    """An SDK span as the current one (and no quiet trace ids over it)."""
+    token = _quiet.set(None) if _quiet.get() is not None else None
+    try:
+        with tracer().start_as_current_span(
+            name, context=context, kind=kind, links=links, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        if token is not None:
+            _quiet.reset(token)
+
+
+# -- the spans ------------------------------------------------------------------------------------
+
+
 @contextmanager
 def server_span(name: str, traceparent: str | None) -> Iterator[Any]:
-    if not _recording:
-        ids = _unrecorded(traceparent)
-        token = _quiet.set(ids)
-        try:
-            yield QuietSpan(ids.trace_id)
-        finally:
-            _quiet.reset(token)
+    """The HTTP request's span, joining the caller's trace when it sent a traceparent."""
+    if not _recording or (traceparent is not None and not _wanted(traceparent)):
+        with _quietly(traceparent) as quiet:
+            yield quiet
         return
-    with tracer().start_as_current_span(name, context=context_from(traceparent), kind=SpanKind.SERVER) as span:
+    with _recorded(name, _parent_context(traceparent), SpanKind.SERVER) as span:
+        yield span
+
+
+@contextmanager
+def span_for(
+    name: str,
+    traceparent: str | None,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Iterator[Any]:
+    """Work done for the event or payment `traceparent` names (a job acting for one payment):
+    a span in its trace, or — not recorded — at least its trace id in the logs."""
+    if not _recording or not _wanted(traceparent):
+        with _quietly(traceparent) as quiet:
+            yield quiet
+        return
+    with _recorded(name, _parent_context(traceparent), kind, attributes=attributes) as span:
         yield span
 
 
 @contextmanager
 def consume_span(consumer: str, event_type: str, traceparents: Sequence[str | None]) -> Iterator[None]:
-    """A batch of one joins its event's trace; a larger batch links to every event's span."""
-    if not _recording:
-        token = _quiet.set(_unrecorded(traceparents[0]) if len(traceparents) == 1 and traceparents[0] else None)
+    """A handler's call on a batch: a batch of one joins its event's trace; a larger batch runs
+    under its first sampled event's span and links to the others."""
+    name = f"{consumer} {event_type}"
+    if len(traceparents) == 1:
+        with span_for(name, traceparents[0], {"messaging.consumer.group.name": consumer}, kind=SpanKind.CONSUMER):
+            yield
+        return
+    chosen = [tp for tp in dict.fromkeys(traceparents) if tp and _wanted(tp)] if _recording else []
+    if not chosen:
+        token = _quiet.set(None)  # a batch of several traces has no one trace id
         try:
             yield
         finally:
             _quiet.reset(token)
         return
-    if len(traceparents) == 1:
-        with tracer().start_as_current_span(
-            f"handle {event_type}",
-            context=context_from(traceparents[0]),
-            kind=SpanKind.CONSUMER,
-            attributes={"messaging.consumer.group.name": consumer},
-        ):
-            yield
-        return
     links = []
-    for tp in dict.fromkeys(traceparents):
-        ctx = _remote_span(tp) if tp else None
+    for tp in chosen[1:]:
+        ctx = _remote_span(tp)
         if ctx is not None:
             links.append(Link(ctx))
             if len(links) == _MAX_LINKS:
                 break
-    with tracer().start_as_current_span(
-        f"handle {event_type} batch",
-        kind=SpanKind.CONSUMER,
-        links=links,
-        attributes={"messaging.consumer.group.name": consumer, "messaging.batch.message_count": len(traceparents)},
-    ):
+    attributes = {"messaging.consumer.group.name": consumer, "messaging.batch.message_count": len(traceparents)}
+    with _recorded(name, _parent_context(chosen[0]), SpanKind.CONSUMER, links, attributes):
         yield
+
+
+@contextmanager
+def client_span(
+    name: str, traceparent: str | None = None, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
+    """A call to another system (the PSP) made for the work `traceparent` names — a payment
+    order in a batch — or, without one, for the current work. Inside a batch that belongs to
+    another trace, the span joins `traceparent`'s trace and links to the batch."""
+    if not _recording:
+        yield _NO_SPAN
+        return
+    current = trace.get_current_span().get_span_context()
+    links: tuple[Link, ...] = ()
+    if traceparent is None:
+        quiet = _quiet.get()
+        if quiet is not None or (current.is_valid and _follow_parent and not current.trace_flags.sampled):
+            yield _NO_SPAN  # the current work is not recorded: neither is this call
+            return
+        context = None
+    else:
+        remote = _remote_span(traceparent)
+        if not _wanted(traceparent) or remote is None:
+            yield _NO_SPAN
+            return
+        if current.is_valid and current.trace_id == remote.trace_id:
+            context = None  # already in that trace: a child of the current span
+        else:
+            context = trace.set_span_in_context(NonRecordingSpan(remote))
+            links = (Link(current),) if current.is_valid and current.trace_flags.sampled else ()
+    with _recorded(name, context, SpanKind.CLIENT, links, attributes) as span:
+        yield span
+
+
+def publish_spans(messages: list[Message]) -> tuple[list[Message], Callable[[BaseException | None], None] | None]:
+    """Producer spans for the relay: one per sampled event, from its read until the bus says it is
+    durable. Returns the messages to publish — a sampled one now carries its publish span as the
+    consumers' parent — and the function that ends the spans (None when there are none)."""
+    if not _recording:
+        return messages, None
+    out: list[Message] | None = None
+    spans: list[trace.Span] = []
+    for i, m in enumerate(messages):
+        if not m.traceparent or not _wanted(m.traceparent):
+            continue
+        span = tracer().start_span(
+            f"publish {m.event_type}",
+            context=_parent_context(m.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.destination.name": m.topic, "messaging.message.id": m.event_id},
+        )
+        if not span.get_span_context().trace_flags.sampled:
+            continue  # the sampler said no (a ratio sampler on a root): nothing to end
+        if out is None:
+            out = list(messages)
+        out[i] = msgspec.structs.replace(m, traceparent=_traceparent_of(span))
+        spans.append(span)
+    if out is None:
+        return messages, None
+
+    def end(error: BaseException | None) -> None:
+        for span in spans:
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.end()
+
+    return out, end

@@ -62,6 +62,7 @@ async def reconcile(
         *await store.auth_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)
+    metrics.RECONCILED_AT.set_to_current_time()
     return ReconcileReport(drift=drift, accounts_checked=checked, repaired=repair)
 
 
@@ -90,6 +91,8 @@ def record_drift(drift: Sequence[Drift]) -> None:
     balances = [d for d in drift if d.is_balance]
     metrics.BALANCE_DRIFT.set(len({d.subject for d in balances}))
     metrics.BALANCE_DRIFT_MINOR.set(sum(abs(d.difference_minor) for d in balances))
+    for check in metrics.RECONCILIATION_CHECKS:
+        metrics.RECONCILIATION_DIFFERENCES.labels(check).set(sum(d.check == check for d in drift))
 
 
 async def _repair(*, store: BalanceStore, overlay: Overlay) -> None:

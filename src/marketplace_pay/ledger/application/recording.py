@@ -21,12 +21,14 @@ from typing import Any, Protocol
 
 import msgspec
 
+from marketplace_pay.infra import metrics
 from marketplace_pay.ledger.domain import journal as journals
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData, PostingData
 from marketplace_pay.ledger.domain.journal import JournalEntry
 from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized, PaymentOrderStatus
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import Envelope, envelope
+from marketplace_pay.shared.ids import id_timestamp_ms
 from marketplace_pay.shared.money import Currency, Money
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,12 @@ async def record_finalizations(
         # to surface (retried, then dead-lettered), never a capture recorded without commission
         raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
     await _record([_finalization(e, bps.get(e.data.seller_id, 0)) for e in events], uow=uow, clock=clock)
+    # Settled: the order's final journal is in the ledger. The lag runs from the payment's
+    # creation, which its id records (a redelivery after a crash counts the order again).
+    now_ms = clock.now().timestamp() * 1000
+    for e in events:
+        metrics.ORDERS_SETTLED.labels(e.data.status).inc()
+        metrics.SETTLE_LAG.observe(max(0.0, now_ms - id_timestamp_ms(int(e.data.payment_id))) / 1000)
 
 
 def _once(batch: Sequence[Envelope[Any]]) -> list[Envelope[Any]]:

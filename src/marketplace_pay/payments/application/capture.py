@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from marketplace_pay.infra import metrics
+from marketplace_pay.infra.telemetry import client_span
 from marketplace_pay.payments.application.ports import (
     CaptureGateway,
     CaptureOutcome,
@@ -145,11 +146,21 @@ class Capturer:
                 return CaptureResult.UNKNOWN  # it may have been captured: never a failure
         return _RESULT_OF[outcome]
 
+    async def traced_call(self, order: PaymentOrder, traceparent: str | None) -> CaptureResult:
+        """`call_psp` in a span of the trace of the event it serves (`traceparent`)."""
+        operation = "psp capture_status" if order.asks_status(self.policy.max_retries) else "psp capture"
+        with client_span(
+            operation, traceparent, {"payment.id": order.public_payment_id, "payment_order.id": order.public_id}
+        ) as span:
+            result = await self.call_psp(order)
+            span.set_attribute("psp.result", result.value)
+            return result
+
     async def attempt(self, todo: Sequence[tuple[PaymentOrder, Envelope[Any]]]) -> None:
         """Call the PSP for every order (concurrently) and apply the answers in one statement."""
         if not todo:
             return
-        results = await asyncio.gather(*(self.call_psp(order) for order, _ in todo))
+        results = await asyncio.gather(*(self.traced_call(order, cause.traceparent) for order, cause in todo))
         faults.hit("capture.after_psp")
         now = self.clock.now()
         p = self.policy

@@ -24,6 +24,8 @@ from datetime import timedelta
 
 import msgspec
 
+from marketplace_pay.infra import metrics
+from marketplace_pay.infra.telemetry import client_span, span_for
 from marketplace_pay.payments.application.ports import (
     AuthorizationGateway,
     AuthorizationOutcome,
@@ -233,14 +235,18 @@ async def create_payment(
     faults.hit("payments.after_insert")
 
     keep = render if keyed.idempotency_key is not None else None
-    outcome = await ask_psp(payment, psp=psp, timeout_s=auth_timeout_ms / 1000)
+    with client_span("psp authorize", attributes={"payment.id": payment.public_id}) as span:
+        outcome = await ask_psp(payment, psp=psp, timeout_s=auth_timeout_ms / 1000)
+        span.set_attribute("psp.result", outcome.value if outcome is not None else "TIMEOUT")
     if outcome is None:
         if keep is not None:
             await store.keep_response(payment.payment_id, keep(payment))
+        metrics.PAYMENTS_CREATED.labels(PaymentStatus.PENDING_AUTH.value).inc()
         return Created(payment=payment, replayed=False)
     payment = await record_outcome(
         store, payment, outcome, clock=clock, trace_id=cmd.trace_id, traceparent=cmd.traceparent, render=keep
     )
+    metrics.PAYMENTS_CREATED.labels(payment.status.value).inc()
     return Created(payment=payment, replayed=False)
 
 
@@ -264,13 +270,15 @@ async def resolve_pending_authorizations(
     )
     finished = 0
     for pending in claimed:
-        outcome = await _final_outcome(pending.payment, psp)
-        if outcome is None:
-            continue
-        await record_outcome(
-            store, pending.payment, outcome, clock=clock, trace_id=pending.trace_id, traceparent=pending.traceparent
-        )
-        finished += 1
+        # in the payment's trace: its span (when sampled) and its trace id in the logs
+        with span_for("resolve pending authorization", pending.traceparent, {"payment.id": pending.payment.public_id}):
+            outcome = await _final_outcome(pending.payment, psp)
+            if outcome is None:
+                continue
+            await record_outcome(
+                store, pending.payment, outcome, clock=clock, trace_id=pending.trace_id, traceparent=pending.traceparent
+            )
+            finished += 1
     return finished
 
 
