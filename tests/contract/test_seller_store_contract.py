@@ -179,3 +179,18 @@ async def test_a_change_behind_the_cache_shows_after_forget_or_the_ttl(store: An
     assert counted.reads[2:] == [["SELLER-222"]]
     assert await cache.commission_bps(["SELLER-444", "SELLER-222"]) == {"SELLER-444": 0, "SELLER-222": 500}
     assert counted.reads[3:] == [["SELLER-444"]]  # SELLER-444 was read 1001 ms ago too; SELLER-222 just now
+
+
+async def test_a_cache_that_grew_too_big_still_answers_what_it_was_asked() -> None:
+    """Past its bound the cache forgets everything; an answer it held a moment before is still
+    given (not looked up in the emptied cache)."""
+    from marketplace_pay.ledger.application.directory import CachedSellers
+    from marketplace_pay.shared.clock import FixedClock
+    from tests.fakes.ledger import FakeSellerStore
+
+    clock = FixedClock()
+    cache = CachedSellers(FakeSellerStore(clock), clock=clock, max_entries=10)
+    await cache.many(["SELLER-111"])  # cached now
+    await cache.many([f"UNKNOWN-{i}" for i in range(11)])  # many lookups of unknown sellers
+    found = await cache.many(["SELLER-111", "SELLER-222"])  # one cached, one not: the cache overflows
+    assert [s.seller_id for s in found] == ["SELLER-111", "SELLER-222"]

@@ -42,3 +42,15 @@ async def test_a_database_migrated_when_comments_counted_is_recognised_and_broug
             await migrate(conn, [Migration(1, first.name, first.sql + "\nSELECT 1;\n"), *load_migrations()[1:]])
     finally:
         await conn.close()
+
+
+async def test_a_dash_dash_inside_a_string_is_not_a_comment(fresh_database: str) -> None:
+    applied = "CREATE TABLE fee_rules (pattern text, bps int);\nINSERT INTO fee_rules VALUES ('--', 30);\n"
+    changed = applied.replace("30)", "3000)")
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        await migrate(conn, [Migration(999, "fee_rules", applied)])
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, [Migration(999, "fee_rules", changed)])
+    finally:
+        await conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -436,6 +437,9 @@ async def test_poison_events_are_isolated_dead_lettered_and_replayable(pool: asy
         assert (dead.consumer, dead.event_id, dead.attempts) == ("picky", "k:13", 3)
         assert "cannot handle 13" in dead.error
         assert await dead_letters.gauge() == 1
+        # an automatic re-drive gives up on what failed too often, and waits for an operator
+        assert await dead_letters.replay(consumer="picky", attempts_below=3) == []
+        assert await dead_letters.replay(consumer="picky", older_than=dead.created_at) == []  # not old enough
         fixed = True  # the bug is fixed: replay it
         [replayed] = await dead_letters.replay(consumer="picky")
         assert replayed.replayed_at is not None
@@ -537,3 +541,105 @@ async def test_a_job_lock_never_stays_on_a_pooled_connection(pool: asyncpg.Pool)
         await asyncio.sleep(0.05)
     assert await held() == 0
     assert await run_exclusive(pool, "job", lambda conn: conn.fetchval("SELECT 2")) == 2
+
+
+class SlowLateReads:
+    """A pool whose reads of late rows go through `on_late` first (to fail or stall them)."""
+
+    def __init__(self, pool: asyncpg.Pool, on_late: Any) -> None:
+        self._pool = pool
+        self.on_late = on_late
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        from marketplace_pay.infra.relay_support import READ_LATE
+
+        if query == READ_LATE:
+            await self.on_late()
+        return await self._pool.fetch(query, *args)
+
+
+async def _a_late_row_behind(pool: asyncpg.Pool, relay: OutboxRelay, recorder: Recorder, key: str) -> None:
+    """A transaction that started first commits `<key>:1` after `<key>:2` was read and handled."""
+    slow = await pool.acquire()
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute("SELECT pg_current_xact_id()")
+        await commit(pool, [ping(key, 2)], on_commit=relay.committed)
+        deadline = time.monotonic() + 5
+        while f"{key}:2" not in recorder.ids():
+            assert time.monotonic() < deadline, recorder.ids()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        await append_to_outbox(slow, [ping(key, 1)])
+        await tx.commit()
+    finally:
+        await pool.release(slow)
+
+
+async def test_a_late_read_that_fails_once_is_made_again(pool: asyncpg.Pool) -> None:
+    """The relay learns a running transaction finished, and the read of its rows fails (a
+    connection reset): the rows are read at the next try, and the cursor never passes them."""
+    failures = [ConnectionResetError("connection reset while reading late rows")]
+
+    async def fail_once() -> None:
+        if failures:
+            raise failures.pop()
+
+    recorder = Recorder()
+    bus = new_bus(pool, ("recorder", recorder))
+    relay = OutboxRelay(SlowLateReads(pool, fail_once), bus, locks=None, poll_ms=20)  # type: ignore[arg-type]
+    await running(relay, bus)
+    try:
+        await _a_late_row_behind(pool, relay, recorder, "k")
+        deadline = time.monotonic() + 10
+        while "k:1" not in recorder.ids():
+            assert time.monotonic() < deadline, f"the late row was never delivered: {recorder.ids()}"
+            await asyncio.sleep(0.05)
+        assert not failures  # the failure did happen
+    finally:
+        await stopped(relay, bus)
+
+
+async def test_while_late_rows_are_being_read_the_saved_cursor_stays_behind_them(pool: asyncpg.Pool) -> None:
+    """A batch of another shard completes (and the cursors are saved) while the late read is
+    slow: the late rows' shard is not saved past them — a crash then would lose nothing."""
+    other = next(
+        k
+        for k in (f"o{i}" for i in range(200))
+        if shard_of(k) != shard_of("k") and zlib.crc32(k.encode()) % 4 != zlib.crc32(b"k") % 4
+    )
+    gate, stalled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    recorder = Recorder()
+
+    async def handler(batch: Sequence[Envelope[Pinged]]) -> None:
+        if any(e.data.key == other for e in batch):
+            await gate.wait()  # this batch stays in flight until the late read has started
+        await recorder(batch)
+
+    async def stall() -> None:
+        stalled.set()
+        await release.wait()
+
+    bus = new_bus(pool, ("recorder", handler))
+    relay = OutboxRelay(SlowLateReads(pool, stall), bus, locks=None, poll_ms=20)  # type: ignore[arg-type]
+    await running(relay, bus)
+    try:
+        await commit(pool, [ping(other, 0)], on_commit=relay.committed)
+        await _a_late_row_behind(pool, relay, recorder, "k")
+        await asyncio.wait_for(stalled.wait(), 5)
+        late = await pool.fetchrow("SELECT tx, id FROM outbox WHERE event_id = 'k:1'")
+        gate.set()  # the other shard's batch completes: the cursors are saved meanwhile
+        await asyncio.sleep(0.3)
+        cursor = await pool.fetchrow("SELECT tx, id FROM outbox_cursors WHERE shard = $1", shard_of("k"))
+        assert (cursor["tx"], cursor["id"]) < (late["tx"], late["id"]), "saved past a row not yet read"
+        release.set()
+        await wait_handled(pool)
+        assert "k:1" in recorder.ids()
+    finally:
+        gate.set()
+        release.set()
+        await stopped(relay, bus)

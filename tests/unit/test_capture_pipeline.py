@@ -237,3 +237,29 @@ async def test_the_sweeper_drives_an_order_whose_command_was_lost_again() -> Non
     [order] = w.orders().values()
     assert (order.status, order.retry_count) == (S.CAPTURED, 1)
     assert await w.container.payments.sweep_stuck_orders() == 0
+
+
+async def test_a_psp_that_keeps_not_answering_is_backed_off_from() -> None:
+    """One unanswered call is asked again soon (the PSP acted or not, and answers a repeated key);
+    a PSP that stays silent — down, or hanging — gets the exponential back-off up to the cap,
+    not a call every second from every open order."""
+    from marketplace_pay.payments.application.ports import PspUnavailable
+
+    w = World()
+    w.psp.fail_with = PspUnavailable("connection refused")
+    w.psp.lose_status_answers = 10**9
+    await w.pay(1000)
+    await w.drain()
+    delays = []
+    for _ in range(12):
+        [order] = w.orders().values()
+        assert order.status is PaymentOrderStatus.PENDING_CAPTURE and order.psp_outcome_unknown
+        assert order.next_retry_at is not None
+        delays.append((order.next_retry_at - order.updated_at).total_seconds())
+        w.clock.advance(ms=120_000)
+        assert await w.container.payments.dispatch_due_retries() == 1
+        await w.drain()
+    assert delays[0] <= 2.0  # the first silence: asked again after the first step (1-2 s)
+    assert max(delays[4:]) >= 30.0  # then backed off to the cap (30-60 s)
+    [order] = w.orders().values()
+    assert order.status is PaymentOrderStatus.PENDING_CAPTURE  # and never failed while unknown

@@ -301,6 +301,11 @@ async def test_a_capture_for_a_seller_the_directory_does_not_know_is_refused_not
     from marketplace_pay.shared.envelope import envelope
 
     class NoRates:
+        forgotten: list[str] = []  # noqa: RUF012
+
+        def forget(self, seller_id: str) -> None:
+            self.forgotten.append(seller_id)
+
         async def commission_bps(self, seller_ids: object) -> dict[str, int]:
             return {}
 
@@ -317,8 +322,10 @@ async def test_a_capture_for_a_seller_the_directory_does_not_know_is_refused_not
         status=PaymentOrderStatus.CAPTURED,
     )
     env = envelope(event, aggregate_id="11", timestamp=event.timestamp, trace_id="a" * 32)
+    rates = NoRates()
     with pytest.raises(UnknownSeller, match="SELLER-999"):
-        await record_finalizations([env], uow=lambda: FakeLedgerUnitOfWork(w.db), rates=NoRates(), clock=w.clock)
+        await record_finalizations([env], uow=lambda: FakeLedgerUnitOfWork(w.db), rates=rates, clock=w.clock)
+    assert rates.forgotten == ["SELLER-999"]  # the retry asks the directory, not a cached "unknown"
     assert w.db.tables.journals == {}  # nothing recorded: retried, then dead-lettered
 
 

@@ -40,7 +40,9 @@ def wire_payments(
             authorizer=authorizer,
             capturer=capturer,
             ids=ports.ids,
-            redrive_authorizations=partial(_redrive, ports.dead_letters, CAPTURE_AUTHORIZED),
+            redrive_authorizations=partial(
+                _redrive, ports.dead_letters, CAPTURE_AUTHORIZED, attempts_below=3 * s.handler.max_attempts
+            ),
         ),
         policy=PaymentsPolicy(
             auth_timeout_ms=s.psp.auth_timeout_ms,
@@ -67,5 +69,9 @@ def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:
     return Balances(store=ports.balance_store, overlay=ports.overlay, sellers=ledger, clock=clock)
 
 
-async def _redrive(dead_letters: DeadLetters, consumer: str, before: datetime) -> int:
-    return len(await dead_letters.replay(consumer=consumer, older_than=before))
+async def _redrive(dead_letters: DeadLetters, consumer: str, before: datetime, *, attempts_below: int) -> int:
+    """A dead-lettered event of `consumer` delivered again — until it has failed three rounds of
+    attempts; then it waits for an operator (`dead-letters replay`), and the gauge says so."""
+    return len(
+        await dead_letters.replay(consumer=consumer, older_than=before, attempts_below=attempts_below, limit=100)
+    )

@@ -114,13 +114,31 @@ class Migration(msgspec.Struct, frozen=True):
     @property
     def checksum(self) -> str:
         """Of the statements only: rewording a comment does not change a migration."""
-        code = _SQL_COMMENT.sub("", self.sql)
-        lines = [line.rstrip() for line in code.splitlines() if line.strip()]
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        return _digest(without_comments(self.sql))
 
     def applied_as(self, recorded: str) -> bool:
         text, statements = _TEXT_CHECKSUMS.get(self.version, ("", ""))
-        return recorded == self.checksum or (recorded == text and self.checksum == statements)
+        # (the old statement checksums were taken with a simpler comment rule, kept for them)
+        return recorded == self.checksum or (recorded == text and _digest(_SQL_COMMENT.sub("", self.sql)) == statements)
+
+
+def _digest(code: str) -> str:
+    lines = [line.rstrip() for line in code.splitlines() if line.strip()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+_SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_0-9]*\$).*?\1|--[^\n]*|/\*.*?\*/", re.S)
+
+
+def without_comments(sql: str) -> str:
+    """`sql` without its `--` and `/* */` comments; quoted strings, quoted identifiers and
+    dollar-quoted bodies are kept as they are (a `--` inside them is not a comment)."""
+
+    def keep(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return "" if token.startswith(("--", "/*")) else token
+
+    return _SQL_TOKEN.sub(keep, sql)
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

@@ -57,7 +57,13 @@ class DeadLetters(Protocol):
     ) -> list[DeadLetter]: ...
 
     async def replay(
-        self, *, ids: Sequence[int] = (), consumer: str | None = None, older_than: datetime | None = None
+        self,
+        *,
+        ids: Sequence[int] = (),
+        consumer: str | None = None,
+        older_than: datetime | None = None,
+        attempts_below: int | None = None,
+        limit: int | None = None,
     ) -> list[DeadLetter]: ...
 
     async def gauge(self) -> int: ...
@@ -101,21 +107,36 @@ class PgDeadLetters:
         return [_dead_letter(r) for r in rows]
 
     async def replay(
-        self, *, ids: Sequence[int] = (), consumer: str | None = None, older_than: datetime | None = None
+        self,
+        *,
+        ids: Sequence[int] = (),
+        consumer: str | None = None,
+        older_than: datetime | None = None,
+        attempts_below: int | None = None,
+        limit: int | None = None,
     ) -> list[DeadLetter]:
-        """Put the chosen dead letters (by id, or every one of `consumer`; only those dead-lettered
-        before `older_than` when given) not replayed yet back into the outbox, in one transaction.
-        Returns what was replayed."""
+        """Put the chosen dead letters (by id, or every one of `consumer`; when given, only those
+        dead-lettered before `older_than`, that failed fewer than `attempts_below` times in all,
+        at most `limit`) not replayed yet back into the outbox, in one transaction. Returns what
+        was replayed."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """UPDATE dead_letters SET replayed_at = now()
-                   WHERE replayed_at IS NULL AND (id = ANY($1::bigint[]) OR consumer = $2)
-                     AND ($3::timestamptz IS NULL OR created_at < $3)
+                   WHERE id IN (
+                       SELECT id FROM dead_letters
+                       WHERE replayed_at IS NULL AND (id = ANY($1::bigint[]) OR consumer = $2)
+                         AND ($3::timestamptz IS NULL OR created_at < $3)
+                         AND ($4::int IS NULL OR attempts < $4)
+                       ORDER BY id LIMIT $5
+                       FOR UPDATE SKIP LOCKED
+                   )
                    RETURNING id, consumer, event_id, event_type, topic, msg_key, payload, traceparent, error, attempts,
                              created_at, replayed_at""",
                 list(ids),
                 consumer,
                 older_than,
+                attempts_below,
+                limit,
             )
             rows = sorted(rows, key=lambda r: r["id"])
             await conn.execute(

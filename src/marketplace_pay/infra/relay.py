@@ -289,7 +289,9 @@ class OutboxRelay:
                 self._waiting -= finished
                 for shard in self._leading:
                     self._late.setdefault(shard, set()).update(finished)
-        due = {s: self._late.pop(s) for s in shards if self._late.get(s)}
+        # A finished transaction stays in `_late` (holding the shard's saved cursor back) until its
+        # rows were read: from here to `_publish` registering them in flight there is no await.
+        due = {s: set(self._late[s]) for s in shards if self._late.get(s)}
         if due:
             late_positions = [self._read[s] for s in due]
             rows += await self._pool.fetch(
@@ -299,6 +301,11 @@ class OutboxRelay:
                 [i for _, i in late_positions],
                 sorted(set().union(*due.values())),
             )
+            for shard, read in due.items():
+                if (late := self._late.get(shard)) is not None:
+                    late -= read
+                    if not late:
+                        del self._late[shard]
             self._progress.set()  # the cursors may move up to what was held back
         if snapshot is not None:
             ahead = {r["shard"]: (r["tx"], r["id"]) for r in rows if (r["tx"], r["id"]) > self._read[r["shard"]]}

@@ -95,9 +95,10 @@ class CachedSellers:
     process, the CLI) within `ttl_ms`. Unknown sellers are cached too, so a flood of requests for
     an unknown seller costs one query per `ttl_ms`."""
 
-    def __init__(self, store: SellerStore, *, clock: Clock, ttl_ms: int = 1000) -> None:
+    def __init__(self, store: SellerStore, *, clock: Clock, ttl_ms: int = 1000, max_entries: int = 100_000) -> None:
         self.store = store
         self._ttl_ms = ttl_ms
+        self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[int, Seller | None]] = {}
 
@@ -106,13 +107,16 @@ class CachedSellers:
         stale = [
             s for s in dict.fromkeys(seller_ids) if (e := self._entries.get(s)) is None or now - e[0] > self._ttl_ms
         ]
+        stale_set = set(stale)
+        answers = {s: self._entries[s][1] for s in seller_ids if s not in stale_set}
         if stale:
-            found = {s.seller_id: s for s in await self.store.many(stale)}
-            if len(self._entries) > 100_000:
+            found = dict.fromkeys(stale) | {s.seller_id: s for s in await self.store.many(stale)}
+            if len(self._entries) > self._max_entries:  # bounded: forget everything rather than grow
                 self._entries.clear()
-            for seller_id in stale:
-                self._entries[seller_id] = (now, found.get(seller_id))
-        return [seller for s in seller_ids if (seller := self._entries[s][1]) is not None]
+            for seller_id, seller in found.items():
+                self._entries[seller_id] = (now, seller)
+            answers |= found
+        return [seller for s in seller_ids if (seller := answers[s]) is not None]
 
     async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
         return {s.seller_id: s.commission_bps for s in await self.many(seller_ids)}

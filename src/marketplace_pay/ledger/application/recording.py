@@ -77,6 +77,10 @@ class LedgerUnitOfWork(Protocol):
 
 
 class CommissionRates(Protocol):
+    def forget(self, seller_id: str) -> None:
+        """Ask the directory itself next time (the answer may be out of date)."""
+        ...
+
     async def commission_bps(self, seller_ids: Sequence[str]) -> dict[str, int]:
         """Each seller's commission rate (basis points); may answer from a short-lived cache."""
         ...
@@ -169,6 +173,8 @@ async def record_finalizations(
     captured = sorted({e.data.seller_id for e in events if e.data.status == PaymentOrderStatus.CAPTURED})
     bps = await rates.commission_bps(captured)
     if missing := [s for s in captured if s not in bps]:
+        for seller_id in missing:  # perhaps onboarded a moment ago in another process: no cached "unknown"
+            rates.forget(seller_id)
         # sellers are never removed: a capture for one the directory does not know is a fault
         # to surface (retried, then dead-lettered), never a capture recorded without commission
         raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")

@@ -169,10 +169,12 @@ class Capturer:
         scheduled: list[tuple[int, int, int]] = []
         for (order, cause), result in zip(todo, results, strict=True):
             before = order.state()
-            # A definite "not captured" backs off exponentially before a new key is tried; an
-            # unanswered call is asked again soon (first step of the back-off): the PSP has acted
-            # or not, and answers a repeated key from its record.
-            step = 1 if result is CaptureResult.UNKNOWN else order.retry_count + 1
+            # A definite "not captured" backs off exponentially before a new key is tried. A call
+            # that went unanswered after an answered one is asked again soon (the first step of the
+            # back-off): the PSP has acted or not, and answers a repeated key from its record. A
+            # PSP that keeps not answering is backed off from like any other.
+            first_silence = result is CaptureResult.UNKNOWN and not order.psp_outcome_unknown
+            step = 1 if first_silence else order.retry_count + 1
             status = order.apply_result(
                 result,
                 attempt=order.retry_count,
