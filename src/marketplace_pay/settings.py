@@ -323,6 +323,12 @@ class Settings:
             )
         if self.jwt.secret is not None:
             check_jwt_secret(self.jwt.secret)
+        for name, schedule in (
+            ("MP_PAYOUT_SCHEDULE", self.payout.schedule),
+            ("MP_SETTLEMENT_SCHEDULE", self.settlement.schedule),
+        ):
+            if schedule:
+                check_cron(schedule, name)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some settings changed, named `<group>_<field>` (`psp_scenario="PEAK"`)
@@ -404,6 +410,16 @@ def describe(settings: Settings) -> Iterator[tuple[str, list[Described]]]:
 
 def _show(value: object) -> str:
     return "(unset)" if value is None else str(value)
+
+
+def check_cron(expression: str, source: str) -> None:
+    """A schedule is a 5-field cron expression (minute hour day month weekday), read as UTC."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as exc:
+        raise SettingsError(f"{source} must be a 5-field cron expression, e.g. '0 6 * * *'; got {expression!r}: {exc}")
 
 
 JWT_SECRET_BYTES_MIN = 32

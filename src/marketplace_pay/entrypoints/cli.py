@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters, bench."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters, payouts, settle, bench."""
 
 from __future__ import annotations
 
@@ -359,7 +359,9 @@ def parser() -> argparse.ArgumentParser:
     dead.set_defaults(fn=cmd_dead_letters)
 
     from marketplace_pay.entrypoints.bench import add_parser as add_bench_parser
+    from marketplace_pay.entrypoints.cli_treasury import add_parsers as add_treasury_parsers
 
+    add_treasury_parsers(sub)
     add_bench_parser(sub)
     return p
 

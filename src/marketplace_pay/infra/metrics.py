@@ -43,3 +43,19 @@ PSP_UNKNOWN_ANSWERS = Counter(
     "psp_unknown_answers_total", "PSP calls that got no answer (timeout, unreachable)", ["operation"]
 )
 PAYMENTS_CREATED = Counter("payments_created_total", "Payments created, by authorization result", ["status"])
+# -- payouts and PSP settlement ------------------------------------------------------------------
+PAYOUTS = Counter("payouts_total", "Seller payouts by outcome: created, paid, failed (money returned)", ["outcome"])
+BANK_CALLS = Counter(
+    "bank_calls_total", "Calls to the (simulated) bank by operation and result", ["operation", "result"]
+)
+BANK_UNKNOWN_ANSWERS = Counter(
+    "bank_unknown_answers_total", "Bank calls that got no answer (timeout, unreachable): asked again", ["operation"]
+)
+PAYOUTS_DISPATCHED = Counter("payouts_dispatched_total", "Bank calls of payouts dispatched again (retries, re-drives)")
+SETTLEMENTS = Counter("settlements_total", "PSP settlements recorded", ["currency"])
+SETTLED_GROSS_MINOR = Counter(
+    "settlement_gross_minor_units_total", "Captured minus refunded money settled by the PSP, minor units", ["currency"]
+)
+SETTLEMENT_FEES_MINOR = Counter(
+    "settlement_fee_minor_units_total", "The PSP's fees on settlements, minor units", ["currency"]
+)
