@@ -5,6 +5,7 @@ fakes cannot drift from the real thing."""
 from tests.fakes.balances import FakeBalanceStore, FakeOverlay
 from tests.fakes.db import FakeDatabase, FakeUnitOfWork
 from tests.fakes.ledger import FakeLedgerReads, FakeLedgerUnitOfWork, FakeSellerStore
+from tests.fakes.treasury import FakeTreasuryReads, FakeTreasuryUnitOfWork, LostAnswer, ScriptedBank
 from tests.fakes.payments import (
     FakeCaptureStore,
     FakeIds,
@@ -29,7 +30,11 @@ __all__ = [
     "FakeRetryQueue",
     "FakeRetryUnitOfWork",
     "FakeSellerStore",
+    "FakeTreasuryReads",
+    "FakeTreasuryUnitOfWork",
     "FakeUnitOfWork",
+    "LostAnswer",
     "ScriptedAuthorizationGateway",
+    "ScriptedBank",
     "ScriptedCaptureGateway",
 ]
