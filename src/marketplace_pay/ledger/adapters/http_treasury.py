@@ -185,6 +185,13 @@ async def create_payout(
     return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
 
 
+@post("/api/v1/sellers/me/payouts", guards=[requires(FINANCE)], include_in_schema=False, status_code=202)
+async def create_payout_for_me() -> None:
+    """`me` is a reserved name, never a seller's: the static `/sellers/me/payouts` route (a seller's
+    own list) would otherwise answer a POST with 405 instead of the 404 any other non-seller gets."""
+    raise NotFoundError("No such seller")
+
+
 @get(
     "/api/v1/payouts/{payout_id:str}",
     guards=[requires(FINANCE, SELLER)],
@@ -279,6 +286,7 @@ async def settlements(request: Request[Any, Any, Any], treasury: NamedDependency
 ROUTES = [
     allow_options("/api/v1/sellers/{seller_id:str}/payouts", "GET", "POST"),  # before the handlers it answers for
     create_payout,
+    create_payout_for_me,
     get_payout,
     my_payouts,
     seller_payouts,
