@@ -127,7 +127,9 @@ class PgBalanceStore:
     async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:
         # Cross-context, like auth_drift: the payments' own figures and the settlements against
         # the ledger. What a payment refunded is counted once its table has the column (the
-        # refunds migration adds it); until then nothing is refunded.
+        # refunds migration adds it); until then nothing is refunded. An operator's correcting
+        # journal (ADJUSTMENT) changes what the PSP owes without a payment to explain it: it is
+        # left out, as the payments that changed within the grace period are.
         refunded = "p.refunded_amount_minor" if await self._has_column("payments", "refunded_amount_minor") else "0"
         rows = await self._pool.fetch(
             f"""WITH recent AS (SELECT payment_id FROM payments
@@ -140,6 +142,7 @@ class PgBalanceStore:
                               FROM postings p JOIN journal_entries j ON j.journal_id = p.journal_id
                               WHERE p.account_code IN (SELECT account_code FROM accounts
                                                        WHERE account_type = 'PSP_RECEIVABLES')
+                                AND j.journal_type <> 'ADJUSTMENT'
                                 AND (j.payment_id IS NULL OR j.payment_id NOT IN (SELECT payment_id FROM recent))
                               GROUP BY p.currency)
                 SELECT a.currency, coalesce(c.minor, 0) - coalesce(s.minor, 0) AS expected,

@@ -46,6 +46,7 @@ BODY_SIZE_MAX = 1_000_000
 MAX_QUANTITY = 2**53 - 1  # exact in every JSON client
 Quantity = Annotated[int, msgspec.Meta(gt=0, le=MAX_QUANTITY, description="minor units (cents)")]
 SELLER_ID_PATH = seller_id_schema()
+PAYOUT_SELLER_PATH = {**SELLER_ID_PATH, "examples": ["SELLER-111"]}
 PAYOUT_ID_PATH = public_id_schema(PAYOUT_PREFIX, "pout_ + 11 base64url characters")
 LIMIT_MAX = 500
 CURSOR_MAX = 2**63 - 1
@@ -124,7 +125,7 @@ def _body(raw: bytes) -> CreatePayoutRequest:
         body=CreatePayoutRequest,
         body_example={"amount": {"quantity": 950, "currency": "EUR"}},
         body_required=False,
-        path={"seller_id": SELLER_ID_PATH},
+        path={"seller_id": PAYOUT_SELLER_PATH},
         headers=[IDEMPOTENCY_KEY_HEADER],
         errors=problems(
             400,
@@ -183,13 +184,6 @@ async def create_payout(
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
-
-
-@post("/api/v1/sellers/me/payouts", guards=[requires(FINANCE)], include_in_schema=False, status_code=202)
-async def create_payout_for_me() -> None:
-    """`me` is a reserved name, never a seller's: the static `/sellers/me/payouts` route (a seller's
-    own list) would otherwise answer a POST with 405 instead of the 404 any other non-seller gets."""
-    raise NotFoundError("No such seller")
 
 
 @get(
@@ -286,7 +280,6 @@ async def settlements(request: Request[Any, Any, Any], treasury: NamedDependency
 ROUTES = [
     allow_options("/api/v1/sellers/{seller_id:str}/payouts", "GET", "POST"),  # before the handlers it answers for
     create_payout,
-    create_payout_for_me,
     get_payout,
     my_payouts,
     seller_payouts,
