@@ -181,7 +181,7 @@ async def test_settlement_covers_captures_and_refunds_once(treasury: Treasury) -
         await tx.commit()
     async with treasury.uow() as tx:
         assert await tx.settlements.unsettled() == []  # neither the settled journals nor the SETTLEMENT itself
-        with pytest.raises(Exception):  # noqa: B017, PT011 - a journal is covered once (primary key)
+        with pytest.raises(Exception):
             await tx.settlements.add(
                 NewSettlement(await tx.settlements.next_id(), EUR, 1000, 3, 997, 30, ["CAPTURE:1"])
             )

@@ -5,7 +5,6 @@ fakes cannot drift from the real thing."""
 from tests.fakes.balances import FakeBalanceStore, FakeOverlay
 from tests.fakes.db import FakeDatabase, FakeUnitOfWork
 from tests.fakes.ledger import FakeLedgerReads, FakeLedgerUnitOfWork, FakeSellerStore
-from tests.fakes.treasury import FakeTreasuryReads, FakeTreasuryUnitOfWork, LostAnswer, ScriptedBank
 from tests.fakes.payments import (
     FakeCaptureStore,
     FakeIds,
@@ -16,6 +15,7 @@ from tests.fakes.payments import (
     ScriptedAuthorizationGateway,
     ScriptedCaptureGateway,
 )
+from tests.fakes.treasury import FakeTreasuryReads, FakeTreasuryUnitOfWork, LostAnswer, ScriptedBank
 
 __all__ = [
     "FakeBalanceStore",

@@ -30,7 +30,6 @@ from marketplace_pay.shared.money import AmountView, Money
 from tests.fakes.db import FakeDatabase, Tables
 from tests.fakes.ledger import FakeLedgerUnitOfWork, FakeSellerStore, postings
 
-
 # -- treasury: payouts and settlement ----------------------------------------------------------
 
 

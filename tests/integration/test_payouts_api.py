@@ -156,6 +156,8 @@ async def test_an_amount_ending_in_99_fails_and_the_money_returns(svc: Service) 
         ("malformed JSON", 400),
         ("amount 30.5", 400),
         ("JSON null", 400),
+        ("invalid UTF-8", 400),
+        ("nested 3000 deep", 400),
         ("bad Idempotency-Key", 400),
         ("no token", 401),
         ("payment:write token", 403),
@@ -195,6 +197,10 @@ async def test_refused_payouts_are_problems_and_write_nothing(svc: Service, case
         r = await payout(svc, seller, content=b'{"amount": {"quantity": 30.5, "currency": "EUR"}}')
     elif case == "JSON null":
         r = await payout(svc, seller, content=b"null")
+    elif case == "invalid UTF-8":
+        r = await payout(svc, seller, content=b'{"amount": {"quantity": 10, "currency": "\xff\xfe"}}')
+    elif case == "nested 3000 deep":
+        r = await payout(svc, seller, content=b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b"}")
     elif case == "bad Idempotency-Key":
         r = await payout(svc, seller, 10, key=" leading-space")
     elif case == "no token":

@@ -388,4 +388,5 @@ async def dispatch_due_payouts(
                 )
             )
         await tx.commit()
+    metrics.PAYOUTS_DISPATCHED.inc(len(due))
     return len(due)
