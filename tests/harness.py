@@ -43,7 +43,8 @@ def payment_body(
 
 
 class PspCall(msgspec.Struct, frozen=True):
-    """One line of the simulated PSP's call log (MP_PSP_CALL_LOG): the PSP's own record."""
+    """One line of the simulated PSP's call log (MP_PSP_CALL_LOG): the PSP's own record (and the
+    bank simulator's: `payoutId`)."""
 
     op: str
     key: str
@@ -51,6 +52,7 @@ class PspCall(msgspec.Struct, frozen=True):
     answered: bool
     paymentOrderId: str | None = None  # noqa: N815 - the log's field name
     paymentId: str | None = None  # noqa: N815
+    payoutId: str | None = None  # noqa: N815
 
 
 def psp_calls(path: Path, op: str | None = None) -> list[PspCall]:

@@ -10,17 +10,26 @@ accept it (202, or 402 for a DECLINE… buyer). Schema-invalid bodies are left a
 
 The fuzzer also changes sellers' status through PATCH /sellers/{id}; the seeded sellers that
 payments use are only ever set ACTIVE, so that a valid payment stays payable.
+
+A payout likewise can be schema-valid and still be refused: a seller that does not exist (404),
+more than the seller has available, another currency (422). Every schema-valid payout is turned
+into one the server must accept — a seeded seller, funded before the run, and a small EUR amount.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import msgspec
 import schemathesis
+from schemathesis.core import NotSet
 
+from marketplace_pay.infra.codec import decode_body
+from marketplace_pay.ledger.adapters.http_treasury import CreatePayoutRequest
 from marketplace_pay.ledger.domain.accounts import AccountStatus
 from marketplace_pay.payments.adapters.http import MAX_QUANTITY, CreatePaymentRequest
+from marketplace_pay.shared.errors import DomainError
 
 SEEDED_SELLERS = ("SELLER-111", "SELLER-222", "SELLER-333")
 
@@ -42,6 +51,25 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
         return _payable(case)
     if operation.method.upper() == "PATCH" and operation.path == "/api/v1/sellers/{seller_id}":
         return _seeded_stay_active(case)
+    if operation.method.upper() == "POST" and operation.path == "/api/v1/sellers/{seller_id}/payouts":
+        return _affordable_payout(case)
+    return case
+
+
+def _affordable_payout(case: schemathesis.Case) -> schemathesis.Case:
+    body = {} if case.body is None or isinstance(case.body, NotSet) else case.body  # no body: everything available
+    if not isinstance(body, dict):
+        return case
+    try:  # as the server reads it (5.0 is the integer 5)
+        decode_body(msgspec.json.encode(body), CreatePayoutRequest)
+    except (DomainError, TypeError, ValueError, UnicodeEncodeError):
+        return case
+    # The same Idempotency-Key must always make the same request (else it is rightly 422): the
+    # seller follows from the key, and the amount is fixed.
+    key = str((case.headers or {}).get("Idempotency-Key") or (case.path_parameters or {}).get("seller_id", ""))
+    seller_id = SEEDED_SELLERS[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(SEEDED_SELLERS)]
+    case.path_parameters = {**(case.path_parameters or {}), "seller_id": seller_id}
+    case.body = {"amount": {"quantity": 100, "currency": "EUR"}}
     return case
 
 

@@ -27,7 +27,10 @@ from tests.fakes import (
     FakeRetryQueue,
     FakeRetryUnitOfWork,
     FakeSellerStore,
+    FakeTreasuryReads,
+    FakeTreasuryUnitOfWork,
     ScriptedAuthorizationGateway,
+    ScriptedBank,
     ScriptedCaptureGateway,
 )
 from tests.fakes.payments import Lost
@@ -57,6 +60,7 @@ class World:
         psp_auth: AuthorizationGateway | None = None,
         duplicate: bool = False,
         settings: Settings | None = None,
+        bank: ScriptedBank | None = None,
     ) -> None:
         self.clock = FixedClock()
         self.db = FakeDatabase(self.clock)
@@ -67,6 +71,7 @@ class World:
         self.overlay = FakeOverlay()
         self.balance_store = FakeBalanceStore(self.db)
         self.payments = FakePaymentStore(self.db)
+        self.bank = bank or ScriptedBank()
         self.container = bootstrap(
             settings or Settings().with_(jwt_secret="x" * 40, psp_auth_timeout_ms=50, psp_capture_timeout_ms=50),
             ports=Ports(
@@ -82,6 +87,9 @@ class World:
                 overlay=self.overlay,
                 balance_store=self.balance_store,
                 dead_letters=NoDeadLetters(),
+                treasury_uow=lambda: FakeTreasuryUnitOfWork(self.db, self.sellers),
+                treasury_reads=FakeTreasuryReads(self.db, self.sellers),
+                bank=self.bank,
             ),
             clock=self.clock,
             psp_auth=self.psp_auth,

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from marketplace_pay.settings_rules import SettingsError, check_cron, check_jwt_secret
 
-class SettingsError(ValueError):
-    """An environment variable has a value that cannot be used."""
+__all__ = ["PSP_SCENARIOS", "Settings", "SettingsError", "check_cron", "check_jwt_secret", "env_name"]
 
 
 def setting(
@@ -305,7 +304,7 @@ class Settings:
         env = os.environ if env is None else env
         groups = {}
         for group in fields(cls):
-            kind = _group_type(group.name)
+            kind = group_type(group.name)
             values = {}
             for f in fields(kind):
                 raw = env.get(env_name(kind, f))
@@ -331,6 +330,12 @@ class Settings:
             )
         if self.jwt.secret is not None:
             check_jwt_secret(self.jwt.secret)
+        for name, schedule in (
+            ("MP_PAYOUT_SCHEDULE", self.payout.schedule),
+            ("MP_SETTLEMENT_SCHEDULE", self.settlement.schedule),
+        ):
+            if schedule:
+                check_cron(schedule, name)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some settings changed, named `<group>_<field>` (`psp_scenario="PEAK"`)
@@ -346,7 +351,7 @@ def env_name(group: type, f: dataclasses.Field[Any]) -> str:
     return f.metadata.get("env") or f"{group.PREFIX}{f.name.upper()}"  # type: ignore[attr-defined]
 
 
-def _group_type(name: str) -> type:
+def group_type(name: str) -> type:
     hint = typing.get_type_hints(Settings)[name]
     assert isinstance(hint, type)
     return hint
@@ -354,7 +359,7 @@ def _group_type(name: str) -> type:
 
 def _locate(flat: str) -> tuple[str, str]:
     for group in fields(Settings):
-        kind = _group_type(group.name)
+        kind = group_type(group.name)
         names = {f.name for f in fields(kind)}
         if kind.PREFIX in ("", "MP_") and flat in names:  # type: ignore[attr-defined]
             return group.name, flat
@@ -385,48 +390,3 @@ def _parse(group: type, f: dataclasses.Field[Any], raw: str) -> Any:
             raise SettingsError(f"{name} must be one of {', '.join(f.metadata['choices'])}, got {raw!r}")
         return choice
     return Path(raw) if kind is Path else raw
-
-
-class Described(typing.NamedTuple):
-    env: str
-    value: str
-    default: str
-    doc: str
-
-
-def describe(settings: Settings) -> Iterator[tuple[str, list[Described]]]:
-    """Every setting with its environment variable, value (secrets hidden), default and meaning,
-    per group (what `marketplace-pay settings` prints)."""
-    for group in fields(Settings):
-        kind = _group_type(group.name)
-        defaults = kind()
-        rows = []
-        for f in fields(kind):
-            value, default = getattr(getattr(settings, group.name), f.name), getattr(defaults, f.name)
-            shown = "(set, hidden)" if f.metadata["secret"] and value is not None else _show(value)
-            if f.name == "instance_name":
-                default = "<hostname>-<pid>"
-            rows.append(Described(env_name(kind, f), shown, _show(default), f.metadata["doc"]))
-        yield (kind.__doc__ or group.name).strip(), rows
-
-
-def _show(value: object) -> str:
-    return "(unset)" if value is None else str(value)
-
-
-JWT_SECRET_BYTES_MIN = 32
-# Template text ("change-me-to-a-long-random-secret…") and secrets made of nothing but such
-# words and digits ("secret-secret-1234…", "test-secret-0123456789…").
-_PLACEHOLDER = re.compile(r"change.?me|placeholder|example|replace.?me|your.?secret|insert.?here", re.IGNORECASE)
-_PLACEHOLDER_WORDS = re.compile(r"(?:secret|password|passwd|jwt|key|token|test|dev|default|[0-9])+")
-GENERATE_SECRET_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
-
-
-def check_jwt_secret(secret: str, source: str = "MP_JWT_SECRET") -> None:
-    """Refuse HS256 secrets that anyone could guess: whoever knows the secret can mint tokens
-    with any role."""
-    if len(secret.encode("utf-8", "surrogatepass")) < JWT_SECRET_BYTES_MIN:
-        raise SettingsError(f"{source} must be at least {JWT_SECRET_BYTES_MIN} bytes; {GENERATE_SECRET_HINT}")
-    letters = re.sub(r"[^a-z0-9]", "", secret.lower())
-    if _PLACEHOLDER.search(secret) or _PLACEHOLDER_WORDS.fullmatch(letters) or len(set(secret)) < 8:
-        raise SettingsError(f"{source} looks like a placeholder, not a secret; {GENERATE_SECRET_HINT}")

@@ -15,6 +15,7 @@ from tests.fakes.payments import (
     ScriptedAuthorizationGateway,
     ScriptedCaptureGateway,
 )
+from tests.fakes.treasury import FakeTreasuryReads, FakeTreasuryUnitOfWork, LostAnswer, ScriptedBank
 
 __all__ = [
     "FakeBalanceStore",
@@ -29,7 +30,11 @@ __all__ = [
     "FakeRetryQueue",
     "FakeRetryUnitOfWork",
     "FakeSellerStore",
+    "FakeTreasuryReads",
+    "FakeTreasuryUnitOfWork",
     "FakeUnitOfWork",
+    "LostAnswer",
     "ScriptedAuthorizationGateway",
+    "ScriptedBank",
     "ScriptedCaptureGateway",
 ]

@@ -141,6 +141,27 @@ class FakeBalanceStore:
     async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
         return []
 
+    async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:
+        """Captured (the payments' own figure) minus settled against PSP_RECEIVABLES, per currency.
+        Nothing is in flight here, so no payment is left out."""
+        t = self._db.tables
+        expected: dict[str, int] = {}
+        for stored in t.payments.values():
+            ccy = stored.payment.currency.value
+            expected[ccy] = expected.get(ccy, 0) + stored.payment.captured.amount_minor
+        for settlement, _ in t.settlements.values():
+            ccy = settlement.currency.value
+            expected[ccy] = expected.get(ccy, 0) - settlement.gross_minor
+        actual: dict[str, int] = {}
+        for _stored, p in postings(t):
+            if p.account.type is AccountType.PSP_RECEIVABLES:
+                actual[p.account.currency.value] = actual.get(p.account.currency.value, 0) + p.signed_amount_minor
+        return [
+            Drift(Check.PSP_RECEIVABLES, c, expected.get(c, 0), actual.get(c, 0))
+            for c in sorted(set(expected) | set(actual))
+            if expected.get(c, 0) != actual.get(c, 0)
+        ]
+
     async def rebuild_snapshots(self) -> int:
         expected = self._expected()
         changed = [c for c in set(expected) | set(self.balances) if expected.get(c, 0) != self.balances.get(c, 0)]

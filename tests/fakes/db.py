@@ -42,6 +42,10 @@ class Tables:
     journals: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # id → (StoredJournal, JournalRef)
     seq: int = 0
     outbox: list[Envelope[Any]] = field(default_factory=list)
+    payouts: dict[int, Any] = field(default_factory=dict)  # id → StoredPayout (tests/fakes/treasury.py)
+    settlements: dict[int, Any] = field(default_factory=dict)  # id → (NewSettlement, created at)
+    settled: dict[str, int] = field(default_factory=dict)  # journal id → settlement id
+    next_ids: dict[str, int] = field(default_factory=dict)  # sequences
 
 
 class FakeDatabase:
@@ -50,6 +54,7 @@ class FakeDatabase:
         self.clock = clock or FixedClock()
         self.xid = 2  # transaction ids, like Postgres: every commit takes the next one
         self.commits = 0
+        self.held_locks: set[tuple[str, str]] = set()  # (client, Idempotency-Key) held by other transactions
 
     def next_xid(self) -> int:
         self.xid += 1

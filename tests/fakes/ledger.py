@@ -121,7 +121,7 @@ class FakeLedgerReads:
                             amount=AmountView(p.amount_minor, ccy),
                             signed_amount=AmountView(p.signed_amount_minor, ccy),
                             created_at=stored.created_at,
-                            payment_id=public_payment_id(ref.payment_id),
+                            payment_id=public_payment_id(ref.payment_id) if ref.payment_id is not None else None,
                             payment_order_id=public_payment_order_id(ref.payment_order_id)
                             if ref.payment_order_id
                             else None,

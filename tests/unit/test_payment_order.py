@@ -12,8 +12,8 @@ from marketplace_pay.payments.domain.payment_order import (
     CaptureResult,
     PaymentOrder,
     PaymentOrderStatus,
-    equal_jitter_backoff_ms,
 )
+from marketplace_pay.shared.backoff import equal_jitter_backoff_ms
 from marketplace_pay.shared.errors import InvariantViolation
 from marketplace_pay.shared.money import Currency, Money
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from marketplace_pay.settings import Settings, SettingsError, describe
+from marketplace_pay.settings import Settings, SettingsError
+from marketplace_pay.settings_docs import describe
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marketplace_pay.balances import Balances
-from marketplace_pay.bootstrap.contexts import wire_balances, wire_ledger, wire_payments
+from marketplace_pay.bootstrap.contexts import wire_balances, wire_ledger, wire_payments, wire_treasury
 from marketplace_pay.bootstrap.delivery import delivery_jobs, make_bus, make_relay
-from marketplace_pay.bootstrap.jobs import Job, balances_jobs, payments_jobs
+from marketplace_pay.bootstrap.jobs import Job, balances_jobs, payments_jobs, treasury_jobs
 from marketplace_pay.bootstrap.ports import Ports, RelayWake, real_ports
 from marketplace_pay.infra.auth import JwtVerifier, resolve_jwt_secret
 from marketplace_pay.infra.dead_letters import DeadLetters
 from marketplace_pay.infra.locks import run_exclusive
 from marketplace_pay.infra.relay import OutboxRelay
 from marketplace_pay.infra.resources import Resources, Stores, open_stores
-from marketplace_pay.ledger import CachedSellers, Ledger
+from marketplace_pay.ledger import CachedSellers, Ledger, PayoutFailed, PayoutPaid, SettlementRecorded, Treasury
+from marketplace_pay.ledger.adapters.bank import BankCallLog, SimulatedBank
 from marketplace_pay.payments import Payments
 from marketplace_pay.payments.adapters.psp import CallLog, SimulatedAuthorizationGateway, SimulatedCaptureGateway
 from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
@@ -50,6 +51,7 @@ class Container:
     psp_log: CallLog
     payments: Payments
     ledger: Ledger
+    treasury: Treasury
     balances: Balances
     dead_letters: DeadLetters
     subscriptions: list[Subscription] = field(default_factory=list)
@@ -115,17 +117,20 @@ def bootstrap(
         if stores is None:
             raise ValueError("bootstrap needs stores or ports")
         ports = real_ports(s, stores, wake)
-    bus = make_bus(s, ports.dead_letters)
+    # events no handler of ours consumes still get their Kafka topics (for other consumers)
+    bus = make_bus(s, ports.dead_letters, topics=[e.topic for e in (PayoutPaid, PayoutFailed, SettlementRecorded)])
 
     directory = CachedSellers(ports.sellers, clock=clock)
     payments = wire_payments(
         s, ports, directory=directory, authorizer=psp_auth, capturer=psp_capture, clock=clock, rng=rng
     )
     ledger = wire_ledger(ports, directory=directory, payments=payments, clock=clock)
+    bank = ports.bank or SimulatedBank(s.psp.scenario, seed=s.psp.seed, log=BankCallLog(s.psp.call_log))
+    treasury = wire_treasury(s, ports, bank=bank, clock=clock, rng=rng)
     balances = wire_balances(ports, ledger=ledger, clock=clock)
 
     relay = None
-    jobs = [*payments_jobs(s, payments), *balances_jobs(s, balances)]
+    jobs = [*payments_jobs(s, payments), *treasury_jobs(s, treasury), *balances_jobs(s, balances)]
     if isinstance(stores, Resources) and stores.locks is not None:
         relay = wake.relay = make_relay(s, stores, bus)
         jobs += delivery_jobs(s, stores, relay, ports.dead_letters)
@@ -144,11 +149,13 @@ def bootstrap(
         psp_log=psp_log,
         payments=payments,
         ledger=ledger,
+        treasury=treasury,
         balances=balances,
         dead_letters=ports.dead_letters,
         subscriptions=[
             *payments.subscriptions(batch_max=batch),
             *ledger.subscriptions(batch_max=batch),
+            *treasury.subscriptions(batch_max=batch),
             *balances.subscriptions(batch_max=batch),
         ],
         jobs=jobs,

@@ -10,7 +10,7 @@ from functools import partial
 from marketplace_pay.balances import Balances
 from marketplace_pay.bootstrap.ports import Ports
 from marketplace_pay.infra.dead_letters import DeadLetters
-from marketplace_pay.ledger import CachedSellers, Ledger
+from marketplace_pay.ledger import BankGateway, CachedSellers, Ledger, PayoutPolicy, Treasury, TreasuryPolicy
 from marketplace_pay.payments import CAPTURE_AUTHORIZED, CapturePolicy, Payments, PaymentsPolicy, PaymentsPorts
 from marketplace_pay.payments.adapters.sellers import LedgerSellerDirectory
 from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
@@ -63,6 +63,31 @@ def wire_payments(
 
 def wire_ledger(ports: Ports, *, directory: CachedSellers, payments: Payments, clock: Clock) -> Ledger:
     return Ledger(directory=directory, reads=ports.ledger_reads, uow=ports.ledger_uow, payments=payments, clock=clock)
+
+
+def wire_treasury(
+    settings: Settings, ports: Ports, *, bank: BankGateway, clock: Clock, rng: random.Random | None = None
+) -> Treasury:
+    s = settings
+    return Treasury(
+        uow=ports.treasury_uow,
+        reads=ports.treasury_reads,
+        bank=bank,
+        sellers=ports.sellers,
+        policy=TreasuryPolicy(
+            payout=PayoutPolicy(
+                bank_timeout_ms=s.payout.bank_timeout_ms,
+                max_retries=s.retry.max,
+                base_ms=s.retry.base_ms,
+                cap_ms=s.retry.cap_ms,
+                stuck_after_s=s.sweep.stuck_after_s,
+            ),
+            payout_minimum_minor=s.payout.minimum_minor,
+            psp_fee_bps=s.psp.fee_bps,
+        ),
+        clock=clock,
+        rng=rng,
+    )
 
 
 def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from marketplace_pay.bootstrap.jobs import Job
@@ -18,14 +19,15 @@ from marketplace_pay.settings import Settings
 from marketplace_pay.shared.bus import EventBus
 
 
-def make_bus(s: Settings, dead_letters: DeadLetters) -> EventBus:
+def make_bus(s: Settings, dead_letters: DeadLetters, *, topics: Sequence[str] = ()) -> EventBus:
+    """`topics`: created on Kafka besides those of the subscriptions."""
     dispatcher = Dispatcher(dead_letters=dead_letters, max_attempts=s.handler.max_attempts)
     if s.services.kafka_bootstrap_servers:
         return KafkaEventBus(
             dispatcher,
             bootstrap_servers=s.services.kafka_bootstrap_servers,
             client_id=s.process.instance_name,
-            topics=(),
+            topics=topics,
             topic_partitions=s.kafka.topic_partitions,
             replication_factor=s.kafka.replication_factor,
             session_timeout_ms=s.kafka.session_timeout_ms,

@@ -1,6 +1,6 @@
-"""The jobs each context needs, with their intervals from the settings. `exclusive`: once per
-cluster at a time (the scheduler takes an advisory lock); the others are safe in every process
-(they claim rows with leases or SKIP LOCKED, or only read)."""
+"""The jobs each context needs, with their intervals (or cron schedules) from the settings.
+`exclusive`: once per cluster at a time (the scheduler takes an advisory lock); the others are
+safe in every process (they claim rows with leases or SKIP LOCKED, or only read)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marketplace_pay.balances import Balances
+from marketplace_pay.ledger import Treasury
 from marketplace_pay.payments import Payments
 from marketplace_pay.settings import Settings
 
@@ -18,10 +19,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """Runs every `every_ms`, or — with `cron` (5 fields, UTC) — on that schedule."""
+
     name: str
     every_ms: int
     run: Callable[[], Awaitable[Any]]
     exclusive: bool = False
+    cron: str | None = None
 
 
 def payments_jobs(s: Settings, payments: Payments) -> list[Job]:
@@ -38,6 +42,23 @@ def payments_jobs(s: Settings, payments: Payments) -> list[Job]:
             exclusive=True,
         ),
     ]
+
+
+def treasury_jobs(s: Settings, treasury: Treasury) -> list[Job]:
+    async def scheduled_payouts() -> None:
+        paid = await treasury.run_scheduled_payouts()
+        log.info("scheduled payouts", extra={"payouts": len(paid), "minor": sum(p.amount.amount_minor for p in paid)})
+
+    async def settlement() -> None:
+        done = await treasury.settle()
+        log.info("settlement", extra={"settlements": [(x.currency.value, x.gross_minor) for x in done]})
+
+    jobs = [Job("payouts-dispatch", s.retry.poll_ms, treasury.dispatch_due_payouts)]
+    if s.payout.schedule:
+        jobs.append(Job("payouts-scheduled", 0, scheduled_payouts, exclusive=True, cron=s.payout.schedule))
+    if s.settlement.schedule:
+        jobs.append(Job("psp-settlement", 0, settlement, exclusive=True, cron=s.settlement.schedule))
+    return jobs
 
 
 def balances_jobs(s: Settings, balances: Balances) -> list[Job]:

@@ -13,7 +13,15 @@ from marketplace_pay.balances.adapters.redis import RedisBalanceOverlay
 from marketplace_pay.infra.dead_letters import DeadLetters, PgDeadLetters
 from marketplace_pay.infra.relay import OutboxRelay
 from marketplace_pay.infra.resources import Resources, Stores
-from marketplace_pay.ledger import LedgerReads, LedgerUnitOfWork, SellerStore
+from marketplace_pay.ledger import (
+    BankGateway,
+    LedgerReads,
+    LedgerUnitOfWork,
+    SellerStore,
+    TreasuryReads,
+    TreasuryUnitOfWork,
+)
+from marketplace_pay.ledger.adapters.pg_treasury import PgTreasuryReads, PgTreasuryUnitOfWork
 from marketplace_pay.ledger.adapters.postgres import PgLedgerReads, PgLedgerUnitOfWork, PgSellerStore
 from marketplace_pay.payments import PaymentViews
 from marketplace_pay.payments.adapters.pg_capture import PgCaptureStore, PgRetryUnitOfWork
@@ -26,7 +34,8 @@ from marketplace_pay.settings import Settings
 
 @dataclass
 class Ports:
-    """What the contexts need from the outside, besides the PSP and the bus."""
+    """What the contexts need from the outside, besides the PSP and the bus. `bank` None: the bank
+    simulator, which bootstrap makes (it logs to the PSP's call log)."""
 
     ids: IdGenerator
     payments: PaymentStore
@@ -40,6 +49,9 @@ class Ports:
     overlay: Overlay
     balance_store: BalanceStore
     dead_letters: DeadLetters
+    treasury_uow: Callable[[], TreasuryUnitOfWork]
+    treasury_reads: TreasuryReads
+    bank: BankGateway | None = None
 
 
 class NoIdLease:
@@ -75,4 +87,6 @@ def real_ports(settings: Settings, stores: Stores, wake: RelayWake) -> Ports:
         overlay=RedisBalanceOverlay(stores.redis, prefix=settings.redis.prefix),
         balance_store=PgBalanceStore(pool),
         dead_letters=PgDeadLetters(pool),
+        treasury_uow=lambda: PgTreasuryUnitOfWork(pool, on_commit=wake),
+        treasury_reads=PgTreasuryReads(pool),
     )

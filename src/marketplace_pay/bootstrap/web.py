@@ -1,6 +1,6 @@
 """The HTTP routes of every context and what their handlers are given: each handler names the
-facade it needs (`payments: Payments`, `ledger: Ledger`, `balances: Balances`) and Litestar
-provides it from the container the application runs."""
+facade it needs (`payments: Payments`, `ledger: Ledger`, `treasury: Treasury`,
+`balances: Balances`) and Litestar provides it from the container the application runs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from litestar.di import Provide
 from marketplace_pay.balances.adapters.http import ROUTES as BALANCE_ROUTES
 from marketplace_pay.bootstrap import Container
 from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
+from marketplace_pay.ledger.adapters.http_treasury import ROUTES as TREASURY_ROUTES
 from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
 
-ROUTES: list[Any] = [*PAYMENT_ROUTES, *LEDGER_ROUTES, *BALANCE_ROUTES]
+ROUTES: list[Any] = [*PAYMENT_ROUTES, *LEDGER_ROUTES, *TREASURY_ROUTES, *BALANCE_ROUTES]
 
 
 def dependencies(container: Callable[[], Container]) -> dict[str, Provide]:
@@ -26,11 +27,15 @@ def dependencies(container: Callable[[], Container]) -> dict[str, Provide]:
     def ledger() -> Any:
         return container().ledger
 
+    def treasury() -> Any:
+        return container().treasury
+
     def balances() -> Any:
         return container().balances
 
     return {
         "payments": Provide(payments, sync_to_thread=False, use_cache=False),
         "ledger": Provide(ledger, sync_to_thread=False, use_cache=False),
+        "treasury": Provide(treasury, sync_to_thread=False, use_cache=False),
         "balances": Provide(balances, sync_to_thread=False, use_cache=False),
     }

@@ -1,4 +1,4 @@
-"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters, bench."""
+"""`marketplace-pay`: serve, migrate, token, sellers, reconcile, dead-letters, payouts, settle, bench."""
 
 from __future__ import annotations
 
@@ -311,7 +311,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def cmd_settings(args: argparse.Namespace) -> int:
     """Every setting: its environment variable, the value it has here, its default, its meaning."""
-    from marketplace_pay.settings import describe
+    from marketplace_pay.settings_docs import describe
 
     settings = _settings()
     if args.markdown:  # the README's Configuration table: every setting, its default, its meaning
@@ -407,7 +407,9 @@ def parser() -> argparse.ArgumentParser:
     dead.set_defaults(fn=cmd_dead_letters)
 
     from marketplace_pay.entrypoints.bench import add_parser as add_bench_parser
+    from marketplace_pay.entrypoints.cli_treasury import add_parsers as add_treasury_parsers
 
+    add_treasury_parsers(sub)
     add_bench_parser(sub)
     return p
 

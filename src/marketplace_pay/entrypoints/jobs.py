@@ -1,8 +1,9 @@
 """The in-process jobs (APScheduler 3, AsyncIOScheduler) and the service lifecycle.
 
-The jobs are the ones bootstrap built (`Container.jobs`). A job marked exclusive runs once per
-cluster at a time (a Postgres advisory lock); the others are safe in every process (they claim
-rows with leases or SKIP LOCKED, or only read).
+The jobs are the ones bootstrap built (`Container.jobs`), each on an interval or a cron schedule
+(5 fields, UTC). A job marked exclusive runs once per cluster at a time (a Postgres advisory
+lock); the others are safe in every process (they claim rows with leases or SKIP LOCKED, or only
+read).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from marketplace_pay.bootstrap import Container
 from marketplace_pay.infra.failures import is_transient
@@ -52,13 +56,12 @@ class JobRuns:
 def build_scheduler(container: Container, runs: JobRuns) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     for job in container.jobs:
-        scheduler.add_job(
-            runs.guarded(job.name, container.scheduled(job)),
-            "interval",
-            seconds=job.every_ms / 1000,
-            id=job.name,
-            name=job.name,
+        trigger: BaseTrigger = (
+            CronTrigger.from_crontab(job.cron, timezone="UTC")
+            if job.cron
+            else IntervalTrigger(seconds=job.every_ms / 1000)
         )
+        scheduler.add_job(runs.guarded(job.name, container.scheduled(job)), trigger, id=job.name, name=job.name)
     return scheduler
 
 

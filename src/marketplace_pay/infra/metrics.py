@@ -98,6 +98,24 @@ STUCK_REDRIVEN = Counter(_P + "stuck_payment_orders_redriven", "Stuck payment or
 REFUND_OUTCOMES = Counter(_P + "refund_outcomes", "Refunds that reached a final status at the PSP", ["result"])
 PAYOUT_OUTCOMES = Counter(_P + "payout_outcomes", "Seller payouts that reached a final status at the bank", ["result"])
 
+# -- payouts and PSP settlement -----------------------------------------------------------------
+
+PAYOUTS_CREATED = Counter(_P + "payouts_created", "Seller payouts created (their money set aside at once)")
+BANK_CALLS = Counter(
+    _P + "bank_calls", "Calls to the (simulated) bank by operation and result", ["operation", "result"]
+)
+BANK_UNANSWERED_CALLS = Counter(
+    _P + "bank_unanswered_calls", "Bank calls that got no answer (timeout, unreachable): asked again", ["operation"]
+)
+PAYOUTS_DISPATCHED = Counter(_P + "payouts_dispatched", "Bank calls of payouts dispatched again (retries, re-drives)")
+SETTLEMENTS = Counter(_P + "settlements", "PSP settlements recorded", ["currency"])
+SETTLED_GROSS_MINOR = Counter(
+    _P + "settlement_gross_minor_units", "Captured minus refunded money settled by the PSP, minor units", ["currency"]
+)
+SETTLEMENT_FEES_MINOR = Counter(
+    _P + "settlement_fee_minor_units", "The PSP's fees on settlements, minor units", ["currency"]
+)
+
 # -- outbox, bus, handlers ----------------------------------------------------------------------
 
 OUTBOX_BACKLOG = Gauge(
@@ -155,7 +173,7 @@ RECONCILIATION_DIFFERENCES = Gauge(
     ["check"],
     multiprocess_mode="mostrecent",
 )
-RECONCILIATION_CHECKS = ("snapshot", "real-time", "trial-balance", "auth-open")
+RECONCILIATION_CHECKS = ("snapshot", "real-time", "trial-balance", "auth-open", "psp-receivables")
 RECONCILED_AT = Gauge(
     _P + "reconciliation_last_run_timestamp_seconds",
     "When a reconciliation last finished (Unix time)",

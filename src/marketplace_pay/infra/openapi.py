@@ -82,6 +82,7 @@ def documented(
     *,
     body: type | None = None,
     body_example: Any = None,
+    body_required: bool = True,
     path: Mapping[str, dict[str, Any]] | None = None,
     query: Sequence[dict[str, Any]] = (),
     headers: Sequence[dict[str, Any]] = (),
@@ -92,6 +93,7 @@ def documented(
 ) -> type[Operation]:
     """An Operation class (for a route's `operation_class=`) that completes Litestar's document.
 
+    body_required: False when the body may be left out;
     path: parameter name → its schema (Litestar documents path parameters as any string);
     query/headers: whole Parameter objects; errors: status → description (problem+json);
     response_headers/links: per status; public: no token needed (`security: []`)."""
@@ -104,7 +106,7 @@ def documented(
                 media: dict[str, Any] = {"schema": body_schema}
                 if body_example is not None:
                     media["examples"] = {"example": {"value": body_example}}
-                result["requestBody"] = {"required": True, "content": {"application/json": media}}
+                result["requestBody"] = {"required": body_required, "content": {"application/json": media}}
             parameters = [dict(p) for p in result.get("parameters") or ()]
             for parameter in parameters:
                 if parameter.get("in") == "path" and path and parameter["name"] in path:

@@ -3,8 +3,11 @@
 Other contexts and the composition root import only what is exposed here."""
 
 from marketplace_pay.ledger.application.directory import CachedSellers, OnboardSeller, Seller, SellerStore
+from marketplace_pay.ledger.application.payouts import PayoutPolicy
+from marketplace_pay.ledger.application.ports import BankGateway, TreasuryReads, TreasuryUnitOfWork
 from marketplace_pay.ledger.application.recording import LedgerUnitOfWork
 from marketplace_pay.ledger.application.service import Ledger, PaymentLookup
+from marketplace_pay.ledger.application.treasury import Treasury, TreasuryPolicy
 from marketplace_pay.ledger.application.views import JournalView, LedgerReads, PostingLine
 from marketplace_pay.ledger.domain.accounts import (
     ACCOUNT_CODE_LENGTH_MAX,
@@ -12,12 +15,20 @@ from marketplace_pay.ledger.domain.accounts import (
     AccountStatus,
     is_account_code,
 )
-from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded
+from marketplace_pay.ledger.domain.events import (
+    LedgerEntriesRecorded,
+    PayoutFailed,
+    PayoutPaid,
+    PayoutRequested,
+    PayPayout,
+    SettlementRecorded,
+)
 
 __all__ = [
     "ACCOUNT_CODE_LENGTH_MAX",
     "ACCOUNT_CODE_PATTERN",
     "AccountStatus",
+    "BankGateway",
     "CachedSellers",
     "JournalView",
     "Ledger",
@@ -25,9 +36,19 @@ __all__ = [
     "LedgerReads",
     "LedgerUnitOfWork",
     "OnboardSeller",
+    "PayPayout",
     "PaymentLookup",
+    "PayoutFailed",
+    "PayoutPaid",
+    "PayoutPolicy",
+    "PayoutRequested",
     "PostingLine",
     "Seller",
     "SellerStore",
+    "SettlementRecorded",
+    "Treasury",
+    "TreasuryPolicy",
+    "TreasuryReads",
+    "TreasuryUnitOfWork",
     "is_account_code",
 ]

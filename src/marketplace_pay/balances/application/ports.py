@@ -95,6 +95,12 @@ class BalanceStore(Protocol):
         AUTH_LIABILITY effects do not net to zero."""
         ...
 
+    async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:
+        """Currencies whose PSP_RECEIVABLES balance differs from what the payments say was
+        captured, minus what they say was refunded, minus what was settled. Payments changed in
+        the last `finished_before_s` are left out of both sides (their journals may be on their way)."""
+        ...
+
     async def rebuild_snapshots(self) -> int:
         """Recompute every snapshot from its postings below the horizon. Returns accounts changed."""
         ...

@@ -1,8 +1,9 @@
 """Reconciliation: every balance against the postings, exact at any time, also under load.
 
 Snapshots against Σ postings below the horizon, the overlay against the postings at or above it,
-debits against credits per currency, and the authorization hold of every finished payment
-against zero. `repair` first rebuilds snapshots and overlay from the postings."""
+debits against credits per currency, the authorization hold of every finished payment against
+zero, and per currency what the PSP owes (PSP_RECEIVABLES) against what was captured, minus
+refunded, minus settled. `repair` first rebuilds snapshots and overlay from the postings."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ async def reconcile(
             if t.debits_minor != t.credits_minor
         ],
         *await store.auth_drift(finished_before_s=grace_s),
+        *await store.psp_receivables_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)
     metrics.RECONCILED_AT.set_to_current_time()

@@ -34,6 +34,7 @@ class Check(StrEnum):
     REAL_TIME = "real-time"  # snapshot + overlay against every posting
     TRIAL_BALANCE = "trial-balance"  # debits against credits, per currency
     AUTH_OPEN = "auth-open"  # a finished payment's authorization hold against zero
+    PSP_RECEIVABLES = "psp-receivables"  # what the PSP owes against captured − refunded − settled, per currency
 
 
 class Drift(msgspec.Struct, frozen=True):

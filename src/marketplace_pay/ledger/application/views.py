@@ -1,4 +1,5 @@
-"""What the ledger's reads answer: an account's statement and a payment's journals."""
+"""What the ledger's reads answer: an account's statement, a payment's journals, payouts and
+settlements."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Protocol
 
 import msgspec
 
+from marketplace_pay.ledger.domain.payout import Payout
 from marketplace_pay.shared.money import AmountView
 
 
@@ -33,6 +35,27 @@ class JournalView(msgspec.Struct, frozen=True, rename="camel"):
     postings: list[PostingLine]
 
 
+class PayoutView(msgspec.Struct, frozen=True, rename="camel"):
+    payout_id: str  # pout_…
+    seller_id: str
+    amount: AmountView
+    status: str  # PENDING, PAID, FAILED
+    created_at: datetime
+    updated_at: datetime
+
+
+class SettlementView(msgspec.Struct, frozen=True, rename="camel"):
+    settlement_id: str  # stl_…
+    journal_entry_id: str  # SETTLEMENT:<internal id>
+    currency: str
+    gross: AmountView  # captured minus refunded, as covered
+    fee: AmountView  # the PSP's fee
+    net: AmountView  # paid into PLATFORM_CASH
+    fee_bps: int
+    journals_covered: int
+    created_at: datetime
+
+
 class LedgerReads(Protocol):
     async def account_exists(self, account_code: str) -> bool: ...
 
@@ -45,3 +68,14 @@ class LedgerReads(Protocol):
     async def payment_journals(self, payment_id: int) -> list[JournalView]:
         """Every journal of the payment in recording order, with its postings."""
         ...
+
+
+def payout_view(payout: Payout) -> PayoutView:
+    return PayoutView(
+        payout_id=payout.public_id,
+        seller_id=payout.seller_id,
+        amount=AmountView.of(payout.amount),
+        status=payout.status.value,
+        created_at=payout.created_at,
+        updated_at=payout.updated_at,
+    )

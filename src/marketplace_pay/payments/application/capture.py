@@ -40,7 +40,8 @@ from marketplace_pay.payments.application.ports import (
     RetryUnitOfWork,
 )
 from marketplace_pay.payments.domain.events import CapturePaymentOrder, PaymentAuthorized, PaymentOrderFinalized
-from marketplace_pay.payments.domain.payment_order import CaptureResult, PaymentOrder, equal_jitter_backoff_ms
+from marketplace_pay.payments.domain.payment_order import CaptureResult, PaymentOrder
+from marketplace_pay.shared.backoff import equal_jitter_backoff_ms
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.faults import faults

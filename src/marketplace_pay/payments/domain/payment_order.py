@@ -19,7 +19,6 @@ key can ever capture, and the order ends in the state the PSP is in.
 
 from __future__ import annotations
 
-import random
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -51,14 +50,6 @@ class CaptureResult(StrEnum):
     DECLINED = "DECLINED"  # final: the PSP refuses this capture for good
     RETRYABLE = "RETRYABLE"  # definitely not captured; a new attempt, with a new key, may succeed
     UNKNOWN = "UNKNOWN"  # no answer (timeout, unreachable): it may have been captured
-
-
-def equal_jitter_backoff_ms(attempt: int, *, base_ms: int, cap_ms: int, rng: random.Random | None = None) -> int:
-    """capped = min(base·2^(attempt-1), cap); the delay is drawn from [capped/2, capped]."""
-    exp: int = base_ms * (1 << max(min(attempt, 40) - 1, 0))
-    capped = min(exp, cap_ms)
-    half = capped // 2
-    return half + (rng.randint(0, half) if rng is not None else random.randint(0, half))
 
 
 class PaymentOrder:
