@@ -37,6 +37,7 @@ def test_reconciliation_reports_every_kind_of_difference() -> None:
         "real-time": 1,
         "trial-balance": 0,
         "auth-open": 2,
+        "psp-receivables": 0,
     }
     record_drift([])
     assert value("marketplace_pay_reconciliation_differences", check="auth-open") == 0
