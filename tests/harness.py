@@ -53,6 +53,7 @@ class PspCall(msgspec.Struct, frozen=True):
     paymentOrderId: str | None = None  # noqa: N815 - the log's field name
     paymentId: str | None = None  # noqa: N815
     payoutId: str | None = None  # noqa: N815
+    refundId: str | None = None  # noqa: N815
 
 
 def psp_calls(path: Path, op: str | None = None) -> list[PspCall]:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marketplace_pay.balances import Balances
-from marketplace_pay.bootstrap.contexts import wire_balances, wire_ledger, wire_payments, wire_treasury
+from marketplace_pay.bootstrap.contexts import (
+    redrive_refund_recordings,
+    wire_balances,
+    wire_ledger,
+    wire_payments,
+    wire_treasury,
+)
 from marketplace_pay.bootstrap.delivery import delivery_jobs, make_bus, make_relay
 from marketplace_pay.bootstrap.jobs import Job, balances_jobs, payments_jobs, treasury_jobs
 from marketplace_pay.bootstrap.ports import Ports, RelayWake, real_ports
@@ -28,9 +34,9 @@ from marketplace_pay.infra.relay import OutboxRelay
 from marketplace_pay.infra.resources import Resources, Stores, open_stores
 from marketplace_pay.ledger import CachedSellers, Ledger, PayoutFailed, PayoutPaid, SettlementRecorded, Treasury
 from marketplace_pay.ledger.adapters.bank import BankCallLog, SimulatedBank
-from marketplace_pay.payments import Payments
+from marketplace_pay.payments import Payments, RefundFailed
 from marketplace_pay.payments.adapters.psp import CallLog, SimulatedAuthorizationGateway, SimulatedCaptureGateway
-from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
+from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway, RefundGateway
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.bus import EventBus, Subscription
 from marketplace_pay.shared.clock import Clock, SystemClock
@@ -102,6 +108,7 @@ def bootstrap(
     clock: Clock | None = None,
     psp_auth: AuthorizationGateway | None = None,
     psp_capture: CaptureGateway | None = None,
+    psp_refund: RefundGateway | None = None,
     rng: random.Random | None = None,
 ) -> Container:
     """Wire everything on the real adapters over `stores` (a serving process passes its
@@ -111,18 +118,29 @@ def bootstrap(
     clock = clock or SystemClock()
     psp_log = CallLog(path=s.psp.call_log)
     psp_auth = psp_auth or SimulatedAuthorizationGateway(s.psp.scenario, seed=s.psp.seed, log=psp_log)
-    psp_capture = psp_capture or SimulatedCaptureGateway(s.psp.scenario, seed=s.psp.seed, log=psp_log)
+    simulated_psp = SimulatedCaptureGateway(s.psp.scenario, seed=s.psp.seed, log=psp_log)
+    psp_capture = psp_capture or simulated_psp
+    psp_refund = psp_refund or simulated_psp  # refunds go to the PSP that captured
     wake = RelayWake()
     if ports is None:
         if stores is None:
             raise ValueError("bootstrap needs stores or ports")
         ports = real_ports(s, stores, wake)
     # events no handler of ours consumes still get their Kafka topics (for other consumers)
-    bus = make_bus(s, ports.dead_letters, topics=[e.topic for e in (PayoutPaid, PayoutFailed, SettlementRecorded)])
+    bus = make_bus(
+        s, ports.dead_letters, topics=[e.topic for e in (RefundFailed, PayoutPaid, PayoutFailed, SettlementRecorded)]
+    )
 
     directory = CachedSellers(ports.sellers, clock=clock)
     payments = wire_payments(
-        s, ports, directory=directory, authorizer=psp_auth, capturer=psp_capture, clock=clock, rng=rng
+        s,
+        ports,
+        directory=directory,
+        authorizer=psp_auth,
+        capturer=psp_capture,
+        refunder=psp_refund,
+        clock=clock,
+        rng=rng,
     )
     ledger = wire_ledger(ports, directory=directory, payments=payments, clock=clock)
     bank = ports.bank or SimulatedBank(s.psp.scenario, seed=s.psp.seed, log=BankCallLog(s.psp.call_log))
@@ -131,6 +149,14 @@ def bootstrap(
 
     relay = None
     jobs = [*payments_jobs(s, payments), *treasury_jobs(s, treasury), *balances_jobs(s, balances)]
+    jobs.append(
+        Job(
+            "ledger-redrive-refund-recordings",
+            max(1000, s.sweep.stuck_after_s * 250),
+            redrive_refund_recordings(s, ports.dead_letters, clock),
+            exclusive=True,
+        )
+    )
     if isinstance(stores, Resources) and stores.locks is not None:
         relay = wake.relay = make_relay(s, stores, bus)
         jobs += delivery_jobs(s, stores, relay, ports.dead_letters)

@@ -4,16 +4,32 @@ meet only here, each through the other's facade or a port the other's facade ans
 from __future__ import annotations
 
 import random
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from functools import partial
 
 from marketplace_pay.balances import Balances
 from marketplace_pay.bootstrap.ports import Ports
 from marketplace_pay.infra.dead_letters import DeadLetters
-from marketplace_pay.ledger import BankGateway, CachedSellers, Ledger, PayoutPolicy, Treasury, TreasuryPolicy
-from marketplace_pay.payments import CAPTURE_AUTHORIZED, CapturePolicy, Payments, PaymentsPolicy, PaymentsPorts
+from marketplace_pay.ledger import (
+    RECORD_REFUNDS,
+    BankGateway,
+    CachedSellers,
+    Ledger,
+    PayoutPolicy,
+    Treasury,
+    TreasuryPolicy,
+)
+from marketplace_pay.payments import (
+    CAPTURE_AUTHORIZED,
+    CapturePolicy,
+    Payments,
+    PaymentsPolicy,
+    PaymentsPorts,
+    RefundPolicy,
+)
 from marketplace_pay.payments.adapters.sellers import LedgerSellerDirectory
-from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway
+from marketplace_pay.payments.application.ports import AuthorizationGateway, CaptureGateway, RefundGateway
 from marketplace_pay.settings import Settings
 from marketplace_pay.shared.clock import Clock
 
@@ -25,6 +41,7 @@ def wire_payments(
     directory: CachedSellers,
     authorizer: AuthorizationGateway,
     capturer: CaptureGateway,
+    refunder: RefundGateway,
     clock: Clock,
     rng: random.Random | None = None,
 ) -> Payments:
@@ -43,6 +60,9 @@ def wire_payments(
             redrive_authorizations=partial(
                 _redrive, ports.dead_letters, CAPTURE_AUTHORIZED, attempts_below=3 * s.handler.max_attempts
             ),
+            refund_uow=ports.refund_uow,
+            refund_reads=ports.refund_reads,
+            refunder=refunder,
         ),
         policy=PaymentsPolicy(
             auth_timeout_ms=s.psp.auth_timeout_ms,
@@ -55,6 +75,13 @@ def wire_payments(
         ),
         capture_policy=CapturePolicy(
             timeout_ms=s.psp.capture_timeout_ms, max_retries=s.retry.max, base_ms=s.retry.base_ms, cap_ms=s.retry.cap_ms
+        ),
+        refund_policy=RefundPolicy(  # the same PSP: the capture's call budget and retry schedule
+            timeout_ms=s.psp.capture_timeout_ms,
+            max_retries=s.retry.max,
+            base_ms=s.retry.base_ms,
+            cap_ms=s.retry.cap_ms,
+            stuck_after_s=s.sweep.stuck_after_s,
         ),
         clock=clock,
         rng=rng,
@@ -92,6 +119,21 @@ def wire_treasury(
 
 def wire_balances(ports: Ports, *, ledger: Ledger, clock: Clock) -> Balances:
     return Balances(store=ports.balance_store, overlay=ports.overlay, sellers=ledger, clock=clock)
+
+
+def redrive_refund_recordings(
+    settings: Settings, dead_letters: DeadLetters, clock: Clock
+) -> Callable[[], Awaitable[int]]:
+    """A job: refunds the PSP made whose recording in the ledger was dead-lettered (a capture
+    not recorded for too long, a database fault) are delivered again — money refunded must
+    reach the books — until three rounds of attempts failed; then an operator is needed (the
+    dead-letter gauge and `dead-letters list` show them)."""
+
+    async def redrive() -> int:
+        before = clock.now() - timedelta(seconds=settings.sweep.stuck_after_s)
+        return await _redrive(dead_letters, RECORD_REFUNDS, before, attempts_below=3 * settings.handler.max_attempts)
+
+    return redrive
 
 
 async def _redrive(dead_letters: DeadLetters, consumer: str, before: datetime, *, attempts_below: int) -> int:

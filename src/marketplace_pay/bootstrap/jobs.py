@@ -32,6 +32,7 @@ def payments_jobs(s: Settings, payments: Payments) -> list[Job]:
     return [
         Job("payments-resolve-pending-auth", s.pending_auth.poll_ms, payments.resolve_pending_authorizations),
         Job("payments-retry-dispatch", s.retry.poll_ms, payments.dispatch_due_retries),
+        Job("refunds-dispatch", s.retry.poll_ms, payments.dispatch_due_refunds),
         Job("payments-retry-requeue", max(1000, s.retry.requeue_after_ms // 2), payments.requeue_lost_retries),
         Job("payments-retry-reclaim", max(1000, s.retry.inflight_timeout_ms // 4), payments.reclaim_retries),
         Job("payments-retry-gauge", 5000, payments.retry_queue_sizes),

@@ -26,9 +26,17 @@ from marketplace_pay.ledger.adapters.postgres import PgLedgerReads, PgLedgerUnit
 from marketplace_pay.payments import PaymentViews
 from marketplace_pay.payments.adapters.pg_capture import PgCaptureStore, PgRetryUnitOfWork
 from marketplace_pay.payments.adapters.pg_payments import PgPaymentStore, PgPaymentViews
+from marketplace_pay.payments.adapters.pg_refunds import PgRefundReads, PgRefundUnitOfWork
 from marketplace_pay.payments.adapters.redis import RedisRetryQueue
 from marketplace_pay.payments.application.capture import RetryQueue
-from marketplace_pay.payments.application.ports import CaptureStore, IdGenerator, PaymentStore, RetryUnitOfWork
+from marketplace_pay.payments.application.ports import (
+    CaptureStore,
+    IdGenerator,
+    PaymentStore,
+    RefundReads,
+    RefundUnitOfWork,
+    RetryUnitOfWork,
+)
 from marketplace_pay.settings import Settings
 
 
@@ -52,6 +60,8 @@ class Ports:
     treasury_uow: Callable[[], TreasuryUnitOfWork]
     treasury_reads: TreasuryReads
     bank: BankGateway | None = None
+    refund_uow: Callable[[], RefundUnitOfWork] | None = None
+    refund_reads: RefundReads | None = None
 
 
 class NoIdLease:
@@ -89,4 +99,6 @@ def real_ports(settings: Settings, stores: Stores, wake: RelayWake) -> Ports:
         dead_letters=PgDeadLetters(pool),
         treasury_uow=lambda: PgTreasuryUnitOfWork(pool, on_commit=wake),
         treasury_reads=PgTreasuryReads(pool),
+        refund_uow=lambda: PgRefundUnitOfWork(pool, on_commit=wake),
+        refund_reads=PgRefundReads(pool),
     )

@@ -14,8 +14,9 @@ from marketplace_pay.bootstrap import Container
 from marketplace_pay.ledger.adapters.http import ROUTES as LEDGER_ROUTES
 from marketplace_pay.ledger.adapters.http_treasury import ROUTES as TREASURY_ROUTES
 from marketplace_pay.payments.adapters.http import ROUTES as PAYMENT_ROUTES
+from marketplace_pay.payments.adapters.http_refunds import ROUTES as REFUND_ROUTES
 
-ROUTES: list[Any] = [*PAYMENT_ROUTES, *LEDGER_ROUTES, *TREASURY_ROUTES, *BALANCE_ROUTES]
+ROUTES: list[Any] = [*PAYMENT_ROUTES, *REFUND_ROUTES, *LEDGER_ROUTES, *TREASURY_ROUTES, *BALANCE_ROUTES]
 
 
 def dependencies(container: Callable[[], Container]) -> dict[str, Provide]:

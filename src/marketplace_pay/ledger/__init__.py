@@ -5,7 +5,7 @@ Other contexts and the composition root import only what is exposed here."""
 from marketplace_pay.ledger.application.directory import CachedSellers, OnboardSeller, Seller, SellerStore
 from marketplace_pay.ledger.application.payouts import PayoutPolicy
 from marketplace_pay.ledger.application.ports import BankGateway, TreasuryReads, TreasuryUnitOfWork
-from marketplace_pay.ledger.application.recording import LedgerUnitOfWork
+from marketplace_pay.ledger.application.recording import RECORD_REFUNDS, LedgerUnitOfWork
 from marketplace_pay.ledger.application.service import Ledger, PaymentLookup
 from marketplace_pay.ledger.application.treasury import Treasury, TreasuryPolicy
 from marketplace_pay.ledger.application.views import JournalView, LedgerReads, PostingLine
@@ -27,6 +27,7 @@ from marketplace_pay.ledger.domain.events import (
 __all__ = [
     "ACCOUNT_CODE_LENGTH_MAX",
     "ACCOUNT_CODE_PATTERN",
+    "RECORD_REFUNDS",
     "AccountStatus",
     "BankGateway",
     "CachedSellers",

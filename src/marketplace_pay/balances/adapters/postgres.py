@@ -115,7 +115,8 @@ class PgBalanceStore:
                JOIN journal_entries j ON j.payment_id = pay.payment_id
                JOIN postings p ON p.journal_id = j.journal_id
                JOIN accounts a ON a.account_code = p.account_code
-               WHERE pay.status IN ('CAPTURED', 'CAPTURED_PARTIALLY', 'CAPTURE_FAILED')
+               WHERE pay.status IN ('CAPTURED', 'CAPTURED_PARTIALLY', 'CAPTURE_FAILED',
+                                    'PARTIALLY_REFUNDED', 'REFUNDED')
                  AND pay.updated_at < now() - make_interval(secs => $1)
                  AND a.account_type IN ('AUTH_RECEIVABLE', 'AUTH_LIABILITY')
                GROUP BY j.payment_id, a.account_type
@@ -125,16 +126,15 @@ class PgBalanceStore:
         return [Drift(Check.AUTH_OPEN, f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
 
     async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:
-        # Cross-context, like auth_drift: the payments' own figures and the settlements against
-        # the ledger. What a payment refunded is counted once its table has the column (the
-        # refunds migration adds it); until then nothing is refunded. An operator's correcting
+        # Cross-context, like auth_drift: the payments' own figures (captured minus refunded) and
+        # the settlements against the ledger. An operator's correcting
         # journal (ADJUSTMENT) changes what the PSP owes without a payment to explain it: it is
         # left out, as the payments that changed within the grace period are.
-        refunded = "p.refunded_amount_minor" if await self._has_column("payments", "refunded_amount_minor") else "0"
         rows = await self._pool.fetch(
-            f"""WITH recent AS (SELECT payment_id FROM payments
+            """WITH recent AS (SELECT payment_id FROM payments
                                 WHERE updated_at >= now() - make_interval(secs => $1)),
-                     captured AS (SELECT p.currency, sum(p.captured_amount_minor - {refunded})::bigint AS minor
+                     captured AS (SELECT p.currency,
+                                         sum(p.captured_amount_minor - p.refunded_amount_minor)::bigint AS minor
                                   FROM payments p WHERE p.updated_at < now() - make_interval(secs => $1)
                                   GROUP BY p.currency),
                      settled AS (SELECT currency, sum(gross_minor)::bigint AS minor FROM settlements GROUP BY currency),
@@ -160,16 +160,6 @@ class PgBalanceStore:
             for r in rows
             if r["expected"] != r["actual"]
         ]
-
-    async def _has_column(self, table: str, column: str) -> bool:
-        return bool(
-            await self._pool.fetchval(
-                """SELECT true FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2""",
-                table,
-                column,
-            )
-        )
 
     async def rebuild_snapshots(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

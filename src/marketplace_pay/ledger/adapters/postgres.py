@@ -8,7 +8,7 @@ import asyncpg
 
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.ledger.application.directory import OnboardSeller, Seller, seller_account_code
-from marketplace_pay.ledger.application.recording import JournalRef, StoredJournal
+from marketplace_pay.ledger.application.recording import JournalRef, OrderCommission, StoredJournal
 from marketplace_pay.ledger.application.views import JournalView, PostingLine
 from marketplace_pay.ledger.domain.accounts import AccountStatus, parse_account_code
 from marketplace_pay.ledger.domain.journal import Direction, JournalEntry, JournalType, Posting
@@ -119,6 +119,32 @@ class PgJournalRepository:
         if earlier:
             stored.update(await load_journals(self._conn, earlier))
         return stored
+
+    async def order_commission(self, payment_id: int, payment_order_id: int, *, excluding: str) -> OrderCommission:
+        # One order's refunds are recorded one after the other (a transaction-scoped lock): each
+        # sees the commission the previous ones gave back.
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('commission-refund' || chr(31) || $1::bigint::text, 0))",
+            payment_order_id,
+        )
+        rows = await self._conn.fetch(
+            """SELECT j.journal_type, max(p.amount_minor) AS minor
+               FROM journal_entries j JOIN postings p USING (journal_id)
+               WHERE j.payment_id = $1 AND j.payment_order_id = $2 AND j.journal_id <> $3
+                 AND j.journal_type IN ('CAPTURE', 'COMMISSION_FEE', 'COMMISSION_REFUND')
+               GROUP BY j.journal_id, j.journal_type""",
+            payment_id,
+            payment_order_id,
+            excluding,
+        )
+        by_type: dict[str, int] = {}
+        for r in rows:
+            by_type[r["journal_type"]] = by_type.get(r["journal_type"], 0) + r["minor"]
+        return OrderCommission(
+            captured="CAPTURE" in by_type,
+            fee_minor=by_type.get("COMMISSION_FEE", 0),
+            fee_refunded_minor=by_type.get("COMMISSION_REFUND", 0),
+        )
 
 
 # The journals not recorded yet and their postings, in one statement (a journal id already there

@@ -2,6 +2,7 @@
 
     PaymentAuthorized      ──▶ AUTH:<paymentId>
     PaymentOrderFinalized  ──▶ CAPTURE:<orderId> (+ COMMISSION:<orderId>) | AUTH_RELEASE:<orderId>
+    RefundSucceeded        ──▶ REFUND:<refundId> (+ COMMISSION_REFUND:<refundId>)
     every recording        ──▶ LedgerEntriesRecorded (the balances consume it)
 
 Recording is idempotent by journal id: an event seen again finds its journals and announces them
@@ -25,7 +26,7 @@ from marketplace_pay.infra import metrics
 from marketplace_pay.ledger.domain import journal as journals
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData, PostingData
 from marketplace_pay.ledger.domain.journal import JournalEntry
-from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized, PaymentOrderStatus
+from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized, PaymentOrderStatus, RefundSucceeded
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.ids import id_timestamp_ms
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # Consumer names (Kafka consumer groups).
 RECORD_AUTHORIZATIONS = "ledger-record-authorizations"
 RECORD_FINALIZATIONS = "ledger-record-finalizations"
+RECORD_REFUNDS = "ledger-record-refunds"
 
 
 class JournalRef(msgspec.Struct, frozen=True):
@@ -54,10 +56,23 @@ class StoredJournal(msgspec.Struct, frozen=True):
     created_at: datetime
 
 
+class OrderCommission(msgspec.Struct, frozen=True):
+    """What the ledger holds about one payment order's commission."""
+
+    captured: bool  # its CAPTURE journal is recorded
+    fee_minor: int  # its COMMISSION journal's amount (0: none)
+    fee_refunded_minor: int  # given back by its refunds' COMMISSION_REFUND journals so far
+
+
 class JournalRepository(Protocol):
     async def add_all(self, items: Sequence[tuple[JournalEntry, JournalRef]]) -> dict[str, StoredJournal]:
         """Write the journals not recorded yet, with their postings; return every given journal
         as stored (those recorded before, as they were recorded)."""
+        ...
+
+    async def order_commission(self, payment_id: int, payment_order_id: int, *, excluding: str) -> OrderCommission:
+        """The order's commission, ignoring the journal `excluding`; the order's commission
+        refunds are serialized from here until commit."""
         ...
 
 
@@ -137,22 +152,27 @@ def entry_data(stored: StoredJournal) -> LedgerEntryData:
     )
 
 
+def _announce(
+    tx: LedgerUnitOfWork, recordings: Sequence[Recording], stored: dict[str, StoredJournal], now: datetime
+) -> None:
+    recorded = LedgerEntriesRecorded(
+        ledger_entries=[entry_data(stored[j.journal_id]) for r in recordings for j in r.journals],
+        traceparents=list(dict.fromkeys(tp for r in recordings if (tp := r.cause.traceparent))),
+    )
+    first = recordings[0].cause
+    tx.publish(
+        envelope(
+            recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=first.trace_id, caused_by=first
+        )
+    )
+
+
 async def _record(recordings: Sequence[Recording], *, uow: Callable[[], LedgerUnitOfWork], clock: Clock) -> None:
     if not recordings:
         return
-    now = clock.now()
     async with uow() as tx:
         stored = await tx.journals.add_all([(j, r.ref) for r in recordings for j in r.journals])
-        recorded = LedgerEntriesRecorded(
-            ledger_entries=[entry_data(stored[j.journal_id]) for r in recordings for j in r.journals],
-            traceparents=list(dict.fromkeys(tp for r in recordings if (tp := r.cause.traceparent))),
-        )
-        first = recordings[0].cause
-        tx.publish(
-            envelope(
-                recorded, aggregate_id=recorded.partition_key(), timestamp=now, trace_id=first.trace_id, caused_by=first
-            )
-        )
+        _announce(tx, recordings, stored, clock.now())
         await tx.commit()
 
 
@@ -185,6 +205,61 @@ async def record_finalizations(
     for e in events:
         metrics.ORDERS_SETTLED.labels(e.data.status).inc()
         metrics.SETTLE_LAG.observe(max(0.0, now_ms - id_timestamp_ms(int(e.data.payment_id))) / 1000)
+
+
+class CaptureNotRecorded(LookupError):
+    """A refund arrived before its order's capture was recorded (retried until it is)."""
+
+
+async def record_refunds(
+    batch: Sequence[Envelope[RefundSucceeded]],
+    *,
+    uow: Callable[[], LedgerUnitOfWork],
+    rates: CommissionRates,
+    clock: Clock,
+) -> None:
+    """REFUND:<refundId>, and the commission given back pro rata as COMMISSION_REFUND:<refundId>:
+    f = min(fee left, (r × commissionBps + 5000) // 10000), and all the fee left when the refund
+    leaves nothing captured on the order. Read and written in one transaction, refunds of one
+    order one after the other, so the fee given back never exceeds the fee taken."""
+    events = _once(batch)
+    if not events:
+        return
+    sellers = sorted({e.data.seller_id for e in events})
+    bps = await rates.commission_bps(sellers)
+    if missing := [s for s in sellers if s not in bps]:
+        for seller_id in missing:
+            rates.forget(seller_id)
+        raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
+    recordings = []
+    stored: dict[str, StoredJournal] = {}
+    async with uow() as tx:
+        for e in events:
+            d = e.data
+            refund_id, order_id = int(d.refund_id), int(d.payment_order_id)
+            amount = Money(d.amount_minor, Currency(d.currency))
+            commission = await tx.journals.order_commission(
+                int(d.payment_id), order_id, excluding=f"COMMISSION_REFUND:{refund_id}"
+            )
+            if not commission.captured:
+                raise CaptureNotRecorded(f"the capture of {d.public_payment_order_id} is not recorded yet")
+            fee = journals.refunded_fee(
+                d.amount_minor,
+                commission_bps=bps[d.seller_id],
+                fee_minor=commission.fee_minor,
+                fee_refunded_minor=commission.fee_refunded_minor,
+                rest_minor=d.order_amount_minor - d.order_refunded_minor,
+            )
+            fee_entry = journals.commission_refund(refund_id, d.seller_id, Money(fee, amount.currency))
+            recording = Recording(
+                [journals.refund(refund_id, d.seller_id, amount), *([fee_entry] if fee_entry else [])],
+                JournalRef(int(d.payment_id), order_id, d.seller_id, e.event_id),
+                e,
+            )
+            stored |= await tx.journals.add_all([(j, recording.ref) for j in recording.journals])
+            recordings.append(recording)
+        _announce(tx, recordings, stored, clock.now())
+        await tx.commit()
 
 
 def _once(batch: Sequence[Envelope[Any]]) -> list[Envelope[Any]]:

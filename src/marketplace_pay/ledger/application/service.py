@@ -18,7 +18,7 @@ from marketplace_pay.ledger.application.directory import (
 from marketplace_pay.ledger.application.recording import LedgerUnitOfWork
 from marketplace_pay.ledger.application.views import JournalView, LedgerReads, PostingLine
 from marketplace_pay.ledger.domain.accounts import AccountStatus
-from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized
+from marketplace_pay.payments import PaymentAuthorized, PaymentOrderFinalized, RefundSucceeded
 from marketplace_pay.shared.bus import Subscription
 from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.errors import NotFoundError
@@ -111,5 +111,11 @@ class Ledger:
                 batch_max,
                 ordered=False,
                 concurrency=2,
+            ),
+            Subscription(  # ordered: one order's refunds give back its commission in turn
+                recording.RECORD_REFUNDS,
+                RefundSucceeded,
+                partial(recording.record_refunds, uow=self._uow, rates=self.directory, clock=self._clock),
+                batch_max,
             ),
         ]

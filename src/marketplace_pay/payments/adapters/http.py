@@ -75,7 +75,7 @@ IDEMPOTENCY_KEY_PATTERN = "^[!-~](?:[ -~]{0,253}[!-~])?$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+def idempotency_key_of(request: Request[Any, Any, Any]) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
@@ -150,7 +150,7 @@ async def create_payment_endpoint(
     request: Request[Any, Any, Any], payments: NamedDependency[Payments]
 ) -> Response[PaymentView]:
     require_json(request)
-    key = _idempotency_key(request)
+    key = idempotency_key_of(request)
     body = decode_body(await request.body(), CreatePaymentRequest)
     trace_id, traceparent = current_ids()
     keyed = Keyed(

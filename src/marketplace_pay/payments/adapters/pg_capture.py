@@ -60,8 +60,10 @@ WHERE payment_order_id = ANY($1::bigint[]) AND status = 'CAPTURE_REQUESTED' AND 
 
 # Guarded on each order's state before; a finished order rolls its payment up — the same rule as
 # Payment.record_order_outcome: the last open order decides CAPTURED (everything captured),
-# CAPTURED_PARTIALLY (some) or CAPTURE_FAILED (none). Payment rows are locked in id order, so
-# concurrent batches never deadlock on them. The events go with their orders' updates.
+# CAPTURED_PARTIALLY (some) or CAPTURE_FAILED (none) — or, when a captured order of the payment
+# was refunded meanwhile, REFUNDED (all that was captured went back) or PARTIALLY_REFUNDED.
+# Payment rows are locked in id order, so concurrent batches never deadlock on them. The events
+# go with their orders' updates.
 _SAVE_ATTEMPTS = f"""
 WITH c AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::bool[], $6::timestamptz[],
@@ -93,6 +95,9 @@ rolled AS (
     SET orders_open = p.orders_open - f.n,
         captured_amount_minor = p.captured_amount_minor + f.captured,
         status = CASE WHEN p.orders_open - f.n > 0 THEN p.status
+                      WHEN p.refunded_amount_minor > 0
+                       AND p.refunded_amount_minor = p.captured_amount_minor + f.captured THEN 'REFUNDED'
+                      WHEN p.refunded_amount_minor > 0 THEN 'PARTIALLY_REFUNDED'
                       WHEN p.captured_amount_minor + f.captured = p.total_amount_minor THEN 'CAPTURED'
                       WHEN p.captured_amount_minor + f.captured > 0 THEN 'CAPTURED_PARTIALLY'
                       ELSE 'CAPTURE_FAILED' END,

@@ -230,12 +230,20 @@ class PgPaymentViews:
 
     async def view(self, payment_id: int) -> PaymentView | None:
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1", payment_id)
+            row = await conn.fetchrow(
+                f"SELECT {_PAYMENT_COLUMNS}, refunded_amount_minor FROM payments WHERE payment_id = $1", payment_id
+            )
             if row is None:
                 return None
             orders = await conn.fetch(
-                "SELECT payment_order_id, status, retry_count, updated_at FROM payment_orders WHERE payment_id = $1",
+                """SELECT payment_order_id, status, retry_count, updated_at, refunded_amount_minor
+                   FROM payment_orders WHERE payment_id = $1""",
                 payment_id,
             )
-        states = {o["payment_order_id"]: OrderState(o["status"], o["retry_count"], o["updated_at"]) for o in orders}
-        return payment_view(_payment(row), states)
+        states = {
+            o["payment_order_id"]: OrderState(
+                o["status"], o["retry_count"], o["updated_at"], o["refunded_amount_minor"]
+            )
+            for o in orders
+        }
+        return payment_view(_payment(row), states, refunded_minor=row["refunded_amount_minor"])

@@ -16,7 +16,9 @@ outcome in every scenario, like a PSP's test cards:
 
 - authorization: buyerId starting with DECLINE → declined; TIMEOUT → no answer within any
   budget, and the later status check answers approved;
-- capture: amount ending in 66 → declined (final); ending in 13 → retryable, every attempt.
+- capture: amount ending in 66 → declined (final); ending in 13 → retryable, every attempt;
+- refund: amount ending in 77 → declined (final); otherwise refunded, with the scenario's
+  latencies and share of timeouts.
 
 `MP_PSP_CALL_LOG`: every call is appended to a file as a JSON line — `op`, `key`,
 `paymentOrderId` (captures) or `paymentId` (authorizations), `result` (what the PSP did) and
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from marketplace_pay.infra import metrics
-from marketplace_pay.payments.application.ports import AuthorizationOutcome, CaptureOutcome
+from marketplace_pay.payments.application.ports import AuthorizationOutcome, CaptureOutcome, RefundOutcome
 from marketplace_pay.shared.ids import public_payment_id
 from marketplace_pay.shared.money import Money
 
@@ -121,7 +123,7 @@ class CallLog:
             self._file.write(json.dumps(line) + "\n")
 
 
-Outcome = TypeVar("Outcome", AuthorizationOutcome, CaptureOutcome)
+Outcome = TypeVar("Outcome", AuthorizationOutcome, CaptureOutcome, RefundOutcome)
 
 
 class _Simulator:
@@ -222,4 +224,29 @@ class SimulatedCaptureGateway(_Simulator):
         self._replay(idempotency_key)
         return await self._answer(
             "capture_status", idempotency_key, outcome, self.scenario.replay_ms, ("paymentOrderId", payment_order_id)
+        )
+
+    # -- refunds (the same PSP) --------------------------------------------------------------
+
+    def refund_outcome(self, idempotency_key: str, amount: Money) -> tuple[RefundOutcome, int]:
+        d = draw(self.seed, "refund", idempotency_key, self.scenario)
+        if amount.amount_minor % 100 == 77:
+            return RefundOutcome.DECLINED, d.latency_ms
+        return RefundOutcome.REFUNDED, d.latency_ms
+
+    async def refund(
+        self, *, idempotency_key: str, refund_id: str, payment_order_id: str, amount: Money
+    ) -> RefundOutcome:
+        outcome, latency_ms = self.refund_outcome(idempotency_key, amount)
+        if self._replay(idempotency_key):
+            latency_ms = self.scenario.replay_ms
+        return await self._answer("refund", idempotency_key, outcome, latency_ms, ("refundId", refund_id))
+
+    async def refund_status(
+        self, *, idempotency_key: str, refund_id: str, payment_order_id: str, amount: Money
+    ) -> RefundOutcome | None:
+        outcome, _ = self.refund_outcome(idempotency_key, amount)
+        self._replay(idempotency_key)
+        return await self._answer(
+            "refund_status", idempotency_key, outcome, self.scenario.replay_ms, ("refundId", refund_id)
         )

@@ -13,6 +13,7 @@ import msgspec
 
 from marketplace_pay.payments.domain.payment import Payment
 from marketplace_pay.payments.domain.payment_order import PaymentOrder, PaymentOrderStatus
+from marketplace_pay.payments.domain.refund import Refund, RefundStatus
 from marketplace_pay.shared.envelope import Envelope
 from marketplace_pay.shared.money import Currency, Money
 
@@ -226,3 +227,132 @@ class RetryUnitOfWork(Protocol):
     def publish(self, *envelopes: Envelope[Any]) -> None: ...
 
     async def commit(self) -> None: ...
+
+
+# -- refunds -----------------------------------------------------------------------------------
+
+
+class RefundOutcome(StrEnum):
+    REFUNDED = "REFUNDED"
+    DECLINED = "DECLINED"  # final: the PSP refuses this refund for good
+    RETRYABLE = "RETRYABLE"  # not refunded; a new refund (with a new key) may succeed later
+
+
+class RefundGateway(Protocol):
+    async def refund(
+        self, *, idempotency_key: str, refund_id: str, payment_order_id: str, amount: Money
+    ) -> RefundOutcome:
+        """Give `amount` of a captured payment order (`po_…`) back to the shopper.
+
+        Idempotent per `idempotency_key`: a repeated call never refunds twice and answers what
+        the PSP did the first time. The PSP acts on the request when it receives it, whether or
+        not the caller waits for the answer. Raises PspUnavailable."""
+        ...
+
+    async def refund_status(
+        self, *, idempotency_key: str, refund_id: str, payment_order_id: str, amount: Money
+    ) -> RefundOutcome | None:
+        """What the PSP did with the refund sent under `idempotency_key`; None if it never
+        received one. Raises PspUnavailable."""
+        ...
+
+
+class RefundableOrder(msgspec.Struct, frozen=True):
+    """A payment order as a refund sees it, read under the order's row lock."""
+
+    payment_order_id: int
+    payment_id: int
+    seller_id: str
+    amount: Money
+    status: PaymentOrderStatus
+    refunded_minor: int
+    reserved_minor: int  # pending refunds
+
+    @property
+    def refundable_minor(self) -> int:
+        return self.amount.amount_minor - self.refunded_minor - self.reserved_minor
+
+
+class KeyedRefund(msgspec.Struct, frozen=True):
+    refund: Refund
+    fingerprint: bytes
+    response: tuple[int, bytes] | None
+
+
+class OpenRefund(msgspec.Struct, frozen=True):
+    refund: Refund
+    trace_id: str
+    traceparent: str | None
+
+
+class RefundSettled(msgspec.Struct, frozen=True):
+    """What a succeeded refund changed on its order: what the order captured and has refunded."""
+
+    order_amount_minor: int
+    order_refunded_minor: int
+
+
+class RefundUnitOfWork(Protocol):
+    """Refund writes: creation under the order's row lock, guarded answers, due calls."""
+
+    async def __aenter__(self) -> RefundUnitOfWork: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def lock_key(self, client_id: str, idempotency_key: str) -> bool:
+        """Hold the key until commit; False when another request holds it."""
+        ...
+
+    async def by_key(self, client_id: str, idempotency_key: str) -> KeyedRefund | None: ...
+
+    async def lock_order(self, payment_id: int, payment_order_id: int) -> RefundableOrder | None:
+        """The payment's order, locked until commit; None when the payment has no such order."""
+        ...
+
+    async def next_id(self) -> int: ...
+
+    async def add(
+        self,
+        refund: Refund,
+        *,
+        keyed: Keyed,
+        response: tuple[int, bytes] | None,
+        trace_id: str,
+        traceparent: str | None,
+    ) -> None:
+        """Insert the refund and reserve its amount on its order (locked by `lock_order`)."""
+        ...
+
+    async def save(self, refund: Refund, *, before: tuple[RefundStatus, int]) -> bool:
+        """Write the refund's new state if it is still in state `before`; False when it was not."""
+        ...
+
+    async def settle(self, refund: Refund) -> RefundSettled:
+        """A succeeded refund: its amount moves from reserved to refunded, on its order and on its
+        payment (whose status becomes PARTIALLY_REFUNDED or REFUNDED once its orders are all
+        finished)."""
+        ...
+
+    async def release(self, refund: Refund) -> None:
+        """A failed refund: its reserved amount becomes refundable again."""
+        ...
+
+    async def claim_due(self, *, now: datetime, stuck_before: datetime, limit: int) -> list[OpenRefund]:
+        """Pending refunds whose next call is due, or that have waited for a call with none
+        scheduled since before `stuck_before` (their event was dead-lettered or lost); each
+        leaves the due list (its call is being dispatched)."""
+        ...
+
+    def publish(self, *envelopes: Envelope[Any]) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class RefundReads(Protocol):
+    async def open_refunds(self, refund_ids: Sequence[int]) -> dict[int, OpenRefund]: ...
+
+    async def refund(self, refund_id: int) -> Refund | None: ...
+
+    async def refunds_of(self, payment_id: int) -> list[Refund]: ...

@@ -1,5 +1,5 @@
-"""What the rest of the system may ask of the payments context: create and read payments, the
-capture handlers and the jobs that keep every order moving."""
+"""What the rest of the system may ask of the payments context: create and read payments, refund
+them, the capture and refund handlers and the jobs that keep every order and refund moving."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from marketplace_pay.payments.application import capture
+from marketplace_pay.payments.application import capture, refunds
 from marketplace_pay.payments.application.capture import CapturePolicy, Capturer, RetryQueue
 from marketplace_pay.payments.application.create_payment import (
     CreatePayment,
     CreatePaymentResult,
     Render,
+    Replayed,
     create_payment,
     resolve_pending_authorizations,
 )
@@ -26,13 +27,19 @@ from marketplace_pay.payments.application.ports import (
     CaptureStore,
     IdGenerator,
     PaymentStore,
+    RefundGateway,
+    RefundReads,
+    RefundUnitOfWork,
     RetryUnitOfWork,
     SellerDirectory,
 )
+from marketplace_pay.payments.application.refunds import Refunder, RefundPolicy, Requested, RequestRefund
 from marketplace_pay.payments.application.views import PaymentView
-from marketplace_pay.payments.domain.events import CapturePaymentOrder, PaymentAuthorized
+from marketplace_pay.payments.domain.events import CallRefund, CapturePaymentOrder, PaymentAuthorized, RefundRequested
+from marketplace_pay.payments.domain.refund import Refund
 from marketplace_pay.shared.bus import Subscription
 from marketplace_pay.shared.clock import Clock
+from marketplace_pay.shared.errors import NotFoundError
 
 
 class PaymentViews(Protocol):
@@ -64,6 +71,10 @@ class PaymentsPorts:
     # delivers again PaymentAuthorized events this context's capture handler dead-lettered
     # before the given time; returns how many
     redrive_authorizations: Callable[[datetime], Awaitable[int]] | None = None
+    # refunds (absent in unit tests of pay-in and capture)
+    refund_uow: Callable[[], RefundUnitOfWork] | None = None
+    refund_reads: RefundReads | None = None
+    refunder: RefundGateway | None = None
 
 
 class Payments:
@@ -73,21 +84,34 @@ class Payments:
         *,
         policy: PaymentsPolicy,
         capture_policy: CapturePolicy,
+        refund_policy: RefundPolicy | None = None,
         clock: Clock,
         rng: random.Random | None = None,
     ) -> None:
         self._ports = ports
         self._policy = policy
         self._clock = clock
+        inflight = asyncio.Semaphore(policy.psp_max_inflight)
         self.capturer = Capturer(
             store=ports.capture,
             psp=ports.capturer,
             retries=ports.retries,
             clock=clock,
             policy=capture_policy,
-            inflight=asyncio.Semaphore(policy.psp_max_inflight),
+            inflight=inflight,
             rng=rng,
         )
+        self.refunder: Refunder | None = None
+        if ports.refund_uow and ports.refund_reads and ports.refunder and refund_policy:
+            self.refunder = Refunder(
+                uow=ports.refund_uow,
+                reads=ports.refund_reads,
+                psp=ports.refunder,
+                clock=clock,
+                policy=refund_policy,
+                inflight=inflight,
+                rng=rng,
+            )
 
     async def create(self, cmd: CreatePayment, *, render: Render) -> CreatePaymentResult:
         p = self._ports
@@ -108,6 +132,34 @@ class Payments:
 
     async def exists(self, payment_id: int) -> bool:
         return await self.view(payment_id) is not None
+
+    # -- refunds ----------------------------------------------------------------------------
+
+    def _refunds(self) -> Refunder:
+        if self.refunder is None:
+            raise RuntimeError("refunds are not wired in this process")
+        return self.refunder
+
+    async def request_refund(self, cmd: RequestRefund, *, render: refunds.Render) -> Requested | Replayed:
+        return await refunds.request_refund(
+            cmd, uow=self._refunds().uow, payment_exists=self.exists, render=render, clock=self._clock
+        )
+
+    async def refund(self, refund_id: int) -> Refund | None:
+        return await self._refunds().reads.refund(refund_id)
+
+    async def refunds_of(self, payment_id: int, public_id: str) -> list[Refund]:
+        """NotFoundError for an unknown payment."""
+        if not await self.exists(payment_id):
+            raise NotFoundError(f"Payment {public_id} not found")
+        return await self._refunds().reads.refunds_of(payment_id)
+
+    async def dispatch_due_refunds(self) -> int:
+        if self.refunder is None:
+            return 0
+        return await refunds.dispatch_due_refunds(
+            uow=self.refunder.uow, clock=self._clock, stuck_after_s=self.refunder.policy.stuck_after_s
+        )
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -170,5 +222,26 @@ class Payments:
                 batch_max,
                 ordered=False,
                 concurrency=batches,
+            ),
+            *self._refund_subscriptions(batch_max),
+        ]
+
+    def _refund_subscriptions(self, batch_max: int) -> list[Subscription]:
+        if self.refunder is None:
+            return []
+        return [
+            Subscription(
+                refunds.CALL_REQUESTED_REFUNDS,
+                RefundRequested,
+                partial(refunds.call_requested_refunds, refunder=self.refunder),
+                batch_max,
+                ordered=False,
+            ),
+            Subscription(
+                refunds.CALL_REFUND_RETRIES,
+                CallRefund,
+                partial(refunds.call_due_refunds, refunder=self.refunder),
+                batch_max,
+                ordered=False,
             ),
         ]

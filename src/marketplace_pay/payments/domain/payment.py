@@ -4,6 +4,11 @@
           │                                                         ├▶ CAPTURED_PARTIALLY
           └──decline──▶ DECLINED                                    └▶ CAPTURE_FAILED
 
+    CAPTURED / CAPTURED_PARTIALLY ──refund succeeded──▶ PARTIALLY_REFUNDED ──rest refunded──▶ REFUNDED
+
+A refund changes the status only once every order is finished (refunds/SQL do the roll-up);
+`refundedAmount` says what went back at any time.
+
 The ids of the payment orders are allocated with the payment and travel in
 `PaymentAuthorized`, so expanding the payment into orders is a pure function of the event.
 """
@@ -30,6 +35,8 @@ class PaymentStatus(StrEnum):
     CAPTURED = "CAPTURED"
     CAPTURED_PARTIALLY = "CAPTURED_PARTIALLY"
     CAPTURE_FAILED = "CAPTURE_FAILED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"  # orders all finished, part of what was captured refunded
+    REFUNDED = "REFUNDED"  # orders all finished, everything captured refunded
 
 
 class PaymentLine(msgspec.Struct, frozen=True):
