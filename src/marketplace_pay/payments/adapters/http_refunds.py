@@ -14,7 +14,7 @@ from litestar.params import PathParameter
 from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, principal, requires
 from marketplace_pay.infra.codec import decode_body
 from marketplace_pay.infra.openapi import LOCATION, documented, problems, public_id_schema
-from marketplace_pay.infra.params import path_public_id, require_json
+from marketplace_pay.infra.params import allow_options, path_public_id, require_json
 from marketplace_pay.infra.telemetry import current_ids
 from marketplace_pay.payments.adapters.http import (
     IDEMPOTENCY_KEY_HEADER,
@@ -28,13 +28,14 @@ from marketplace_pay.payments.application.refunds import RequestRefund
 from marketplace_pay.payments.application.service import Payments
 from marketplace_pay.payments.application.views import RefundView, refund_view
 from marketplace_pay.payments.domain.refund import Refund
-from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.errors import NotFoundError
 from marketplace_pay.shared.ids import (
     PAYMENT_ORDER_PREFIX,
     PAYMENT_PREFIX,
     REFUND_PREFIX,
     InvalidPublicId,
     decode_public_id,
+    public_id_pattern,
 )
 from marketplace_pay.shared.money import Money
 
@@ -43,7 +44,9 @@ REFUND_ID_PATH = public_id_schema(REFUND_PREFIX, "rf_ + 11 base64url characters"
 
 
 class CreateRefundRequest(msgspec.Struct, rename="camel", frozen=True):
-    payment_order_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="po_…")]
+    payment_order_id: Annotated[
+        str, msgspec.Meta(pattern=public_id_pattern(PAYMENT_ORDER_PREFIX), description="po_ + 11 base64url characters")
+    ]
     amount: AmountIn
     reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] | None = None
 
@@ -61,12 +64,11 @@ def render(refund: Refund) -> tuple[int, bytes]:
 
 
 def _payment_order_id(value: str) -> int:
+    """Well-formed (the body's schema checked it) but naming no order that can exist: 404."""
     try:
         return decode_public_id(PAYMENT_ORDER_PREFIX, value)
     except (InvalidPublicId, UnicodeEncodeError):
-        raise ValidationError(
-            "Invalid paymentOrderId", errors=[FieldError("paymentOrderId", "must be a payment order id (po_…)")]
-        ) from None
+        raise NotFoundError("The payment has no such payment order") from None
 
 
 _TO_REFUND = {"operationId": "getRefund", "parameters": {"refund_id": "$response.body#/refundId"}}
@@ -190,4 +192,9 @@ async def get_payment_refunds(
     return RefundList(data=[refund_view(r) for r in await payments.refunds_of(internal, payment_id)])
 
 
-ROUTES = [create_refund, get_refund, get_payment_refunds]
+ROUTES = [
+    allow_options("/api/v1/payments/{payment_id:str}/refunds", "GET", "POST"),  # before the handlers it answers for
+    create_refund,
+    get_refund,
+    get_payment_refunds,
+]
