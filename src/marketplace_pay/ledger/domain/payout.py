@@ -24,6 +24,7 @@ from enum import StrEnum
 from marketplace_pay.shared.errors import InvariantViolation
 from marketplace_pay.shared.ids import public_payout_id
 from marketplace_pay.shared.money import Money
+from marketplace_pay.shared.remote_call import CallResult, NextStep, asks_status, next_step
 
 
 class PayoutStatus(StrEnum):
@@ -43,6 +44,14 @@ class BankResult(StrEnum):
     FAILED = "FAILED"  # final: the bank refuses this payout for good (the money goes back)
     RETRYABLE = "RETRYABLE"  # definitely not paid; a new call, with a new key, may succeed
     UNKNOWN = "UNKNOWN"  # no answer (timeout, unreachable): it may have been paid
+
+
+_CALL_RESULT = {
+    BankResult.PAID: CallResult.DONE,
+    BankResult.FAILED: CallResult.REFUSED,
+    BankResult.RETRYABLE: CallResult.RETRYABLE,
+    BankResult.UNKNOWN: CallResult.UNKNOWN,
+}
 
 
 class Payout:
@@ -118,7 +127,7 @@ class Payout:
 
     def asks_status(self, max_retries: int) -> bool:
         """The retries are used up on unanswered calls: the next call asks what the bank did."""
-        return self.attempt > max_retries
+        return asks_status(self.attempt, max_retries)
 
     def apply(
         self, result: BankResult, *, attempt: int, now: datetime, max_retries: int, retry_delay_ms: int
@@ -134,18 +143,14 @@ class Payout:
                 f"cannot apply the bank's answer to call {attempt} of payout {self.public_id} "
                 f"({self.status}, waiting for call {self.attempt})"
             )
-        asked_status = self.asks_status(max_retries)
-        if result is BankResult.PAID:
+        step = next_step(_CALL_RESULT[result], attempt=attempt, max_retries=max_retries)
+        if step is NextStep.DONE:
             self._finish(PayoutStatus.PAID, now)
-        elif result is BankResult.FAILED:
+        elif step is NextStep.FAILED:
             self._finish(PayoutStatus.FAILED, now)
-        elif result is BankResult.RETRYABLE:
-            if asked_status or attempt >= max_retries:
-                self._finish(PayoutStatus.FAILED, now)
-            else:
-                self._retry(new_key=True, unknown=False, now=now, delay_ms=retry_delay_ms)
         else:
-            self._retry(new_key=False, unknown=True, now=now, delay_ms=retry_delay_ms)
+            new_key = step is NextStep.RETRY_NEW_KEY
+            self._retry(new_key=new_key, unknown=not new_key, now=now, delay_ms=retry_delay_ms)
         return self.status
 
     def _finish(self, status: PayoutStatus, now: datetime) -> None:

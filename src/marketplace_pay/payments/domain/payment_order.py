@@ -25,6 +25,7 @@ from enum import StrEnum
 from marketplace_pay.shared.errors import InvariantViolation
 from marketplace_pay.shared.ids import public_payment_id, public_payment_order_id
 from marketplace_pay.shared.money import Money
+from marketplace_pay.shared.remote_call import CallResult, NextStep, asks_status, next_step
 
 
 class PaymentOrderStatus(StrEnum):
@@ -50,6 +51,14 @@ class CaptureResult(StrEnum):
     DECLINED = "DECLINED"  # final: the PSP refuses this capture for good
     RETRYABLE = "RETRYABLE"  # definitely not captured; a new attempt, with a new key, may succeed
     UNKNOWN = "UNKNOWN"  # no answer (timeout, unreachable): it may have been captured
+
+
+_CALL_RESULT = {
+    CaptureResult.CAPTURED: CallResult.DONE,
+    CaptureResult.DECLINED: CallResult.REFUSED,
+    CaptureResult.RETRYABLE: CallResult.RETRYABLE,
+    CaptureResult.UNKNOWN: CallResult.UNKNOWN,
+}
 
 
 class PaymentOrder:
@@ -157,7 +166,7 @@ class PaymentOrder:
 
     def asks_status(self, max_retries: int) -> bool:
         """The retries are used up on unanswered calls: the next call asks the PSP what it did."""
-        return self.retry_count > max_retries
+        return asks_status(self.retry_count, max_retries)
 
     def apply_result(
         self, result: CaptureResult, *, attempt: int, now: datetime, max_retries: int, retry_delay_ms: int
@@ -171,18 +180,14 @@ class PaymentOrder:
         money was not taken: CAPTURE_FAILED."""
         if not self.expects(attempt):
             raise self._refuse(f"apply the result of attempt {attempt} to")
-        asked_status = self.asks_status(max_retries)
-        if result is CaptureResult.CAPTURED:
+        step = next_step(_CALL_RESULT[result], attempt=attempt, max_retries=max_retries)
+        if step is NextStep.DONE:
             self._finish(PaymentOrderStatus.CAPTURED, now)
-        elif result is CaptureResult.DECLINED:
+        elif step is NextStep.FAILED:
             self._finish(PaymentOrderStatus.CAPTURE_FAILED, now)
-        elif result is CaptureResult.RETRYABLE:
-            if asked_status or attempt >= max_retries:
-                self._finish(PaymentOrderStatus.CAPTURE_FAILED, now)
-            else:
-                self._retry(attempt, new_key=True, unknown=False, now=now, delay_ms=retry_delay_ms)
         else:
-            self._retry(attempt, new_key=False, unknown=True, now=now, delay_ms=retry_delay_ms)
+            new_key = step is NextStep.RETRY_NEW_KEY
+            self._retry(attempt, new_key=new_key, unknown=not new_key, now=now, delay_ms=retry_delay_ms)
         return self.status
 
     def _finish(self, status: PaymentOrderStatus, now: datetime) -> None:
