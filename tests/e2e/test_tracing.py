@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from marketplace_pay.balances.application.consumer import APPLY_LEDGER_ENTRIES
-from marketplace_pay.ledger.application.recording import RECORD_AUTHORIZATIONS, RECORD_FINALIZATIONS
+from marketplace_pay.ledger.application.recording import RECORD_AUTHORIZATIONS, RECORD_FINALIZATIONS, RECORD_REFUNDS
 from marketplace_pay.payments.application.capture import CAPTURE_AUTHORIZED
+from marketplace_pay.payments.application.refunds import CALL_REQUESTED_REFUNDS
 from tests.harness import ServiceProcess, auth, payment_body
 from tests.otlp import OtlpReceiver, ReceivedSpan
 
@@ -86,6 +87,30 @@ def _one_payment_one_trace(
         assert {s.attributes["payment.id"] for s in captures} == {payment_id}
         assert {s.attributes["psp.result"] for s in captures} == {"CAPTURED"}
         assert {s.resource["service.name"] for s in spans} == {"marketplace-pay-under-test"}
+
+        # a refund of that payment is a trace of its own, through the PSP and into the ledger
+        order_id = response.json()["paymentOrders"][0]["paymentOrderId"]
+        refunded = httpx.post(
+            f"{service.url}/api/v1/payments/{payment_id}/refunds",
+            json={"paymentOrderId": order_id, "amount": {"quantity": 100, "currency": "EUR"}},
+            headers=auth(settings.jwt.secret, "payment:write"),
+            timeout=10,
+        )
+        assert refunded.status_code == 202, refunded.text
+        refund_trace = refunded.headers["x-trace-id"]
+        wanted = {
+            "publish refund_requested",
+            f"{CALL_REQUESTED_REFUNDS} refund_requested",
+            "psp refund",
+            "publish refund_succeeded",
+            f"{RECORD_REFUNDS} refund_succeeded",
+        }
+        otlp.wait_for(lambda: {s.name for s in otlp.trace(refund_trace)} >= wanted, timeout=30)
+        spans = otlp.trace(refund_trace)
+        [root] = [s for s in spans if not s.parent_span_id]
+        assert root.name.startswith("POST /api/v1/payments/") and root.name.endswith("/refunds")
+        [psp] = [s for s in spans if s.name == "psp refund"]
+        assert (psp.attributes["refund.id"], psp.attributes["psp.result"]) == (refunded.json()["refundId"], "DONE")
     assert service.terminate() == 0
 
 

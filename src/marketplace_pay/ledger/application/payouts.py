@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 from marketplace_pay.infra import metrics
+from marketplace_pay.infra.telemetry import client_span
 from marketplace_pay.ledger.application.ports import (
     BankGateway,
     BankOutcome,
@@ -307,11 +308,19 @@ class Payer:
             return BankResult.UNKNOWN  # it may have been paid: never a failure
         return _RESULT_OF[outcome]
 
+    async def traced_call(self, payout: Payout, traceparent: str | None) -> BankResult:
+        """`call_bank` in a span of the trace of the event it serves (`traceparent`)."""
+        operation = "bank payout_status" if payout.asks_status(self.policy.max_retries) else "bank payout"
+        with client_span(operation, traceparent, {"payout.id": payout.public_id}) as span:
+            result = await self.call_bank(payout)
+            span.set_attribute("bank.result", result.value)
+            return result
+
     async def attempt(self, todo: Sequence[tuple[OpenPayout, Envelope[Any]]]) -> None:
         """Call the bank for every payout (concurrently), then write each answer."""
         if not todo:
             return
-        results = await asyncio.gather(*(self.call_bank(open_.payout) for open_, _ in todo))
+        results = await asyncio.gather(*(self.traced_call(o.payout, cause.traceparent) for o, cause in todo))
         faults.hit("payout.after_bank")
         for (open_, cause), result in zip(todo, results, strict=True):
             await self._apply(open_.payout, result, cause)

@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from marketplace_pay.infra import metrics
+from marketplace_pay.infra.telemetry import client_span
 from marketplace_pay.payments.application.create_payment import Replayed
 from marketplace_pay.payments.application.ports import (
     Keyed,
@@ -234,11 +235,20 @@ class Refunder:
                 return CallResult.UNKNOWN  # it may have been refunded: never a failure
         return _RESULT_OF[outcome]
 
+    async def traced_call(self, refund: Refund, traceparent: str | None) -> CallResult:
+        """`call_psp` in a span of the trace of the event it serves (`traceparent`)."""
+        operation = "psp refund_status" if refund.asks_status(self.policy.max_retries) else "psp refund"
+        attributes = {"refund.id": refund.public_id, "payment.id": refund.public_payment_id}
+        with client_span(operation, traceparent, attributes) as span:
+            result = await self.call_psp(refund)
+            span.set_attribute("psp.result", result.value)
+            return result
+
     async def attempt(self, todo: Sequence[tuple[Refund, Envelope[Any]]]) -> None:
         """Call the PSP for every refund (concurrently), then write each answer."""
         if not todo:
             return
-        results = await asyncio.gather(*(self.call_psp(refund) for refund, _ in todo))
+        results = await asyncio.gather(*(self.traced_call(refund, cause.traceparent) for refund, cause in todo))
         faults.hit("refund.after_psp")
         for (refund, cause), result in zip(todo, results, strict=True):
             await self._apply(refund, result, cause)
