@@ -101,7 +101,7 @@ def add_parser(sub: Any) -> None:
     bench.add_argument(
         "--baseline",
         action="store_true",
-        help="first run pgbench -N -T 15 (one client) on a scratch database of the same server; adds the ratios",
+        help="first run pgbench -N -c 8 -j 2 -T 15 on a scratch database of the same server; adds the ratios",
     )
     bench.add_argument(
         "--json", action="store_true", help="also print the figures as one JSON object, the last line of stdout"

@@ -30,7 +30,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("settle_lag_growth", "last third / first third (about 1: the pipeline keeps up)"),
     ("peak_rss_mb", "peak RSS of the service process and its children, summed"),
     ("reconcile_clean", "`marketplace-pay reconcile` exited 0 after the drain"),
-    ("pgbench_tps", "pgbench -N -T 15 (one client) on the same server, this run"),
+    ("pgbench_tps", "pgbench -N -c 8 -j 2 -T 15 on the same server, this run"),
     ("accepted_ratio", "accepted_per_s / pgbench_tps"),
     ("settled_ratio", "settled_per_s / pgbench_tps"),
     ("requests", "requests due (open loop) or sent (closed loop) in the window"),
