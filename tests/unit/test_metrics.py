@@ -52,7 +52,9 @@ def test_an_invented_http_method_is_one_label_value() -> None:
 def test_serve_makes_a_fresh_directory_or_empties_the_operators(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_DIR_ENV, raising=False)
+    # empty counts as unset; setenv (unlike delenv of an absent variable) restores it afterwards,
+    # so the variable the function sets does not leak into later tests
+    monkeypatch.setenv(metrics.MULTIPROC_DIR_ENV, "")
     made, fresh = metrics.prepare_multiprocess_dir(tmp_path)
     assert fresh and made.parent == tmp_path and list(made.iterdir()) == []
     assert os.environ[metrics.MULTIPROC_DIR_ENV] == str(made)

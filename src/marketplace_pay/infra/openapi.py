@@ -138,3 +138,18 @@ def documented(
 
 def component_schemas() -> dict[str, Any]:
     return dict(_components)
+
+
+# Visible ASCII, spaces inside only (HTTP strips them at the ends): a header value is bytes, and
+# anything else arrives as whatever the server's decoder made of it.
+IDEMPOTENCY_KEY_PATTERN = "^[!-~](?:[ -~]{0,253}[!-~])?$"
+IDEMPOTENCY_KEY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Replays the first response for the same key and body; scoped to the calling client",
+    "schema": string_schema(IDEMPOTENCY_KEY_PATTERN, max_length=255, description="visible ASCII, spaces only inside"),
+}
+REPLAYED = {
+    "Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}
+}

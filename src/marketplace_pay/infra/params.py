@@ -3,6 +3,7 @@ Hostile values are 4xx, never 500: every check here refuses before anything conv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
+from marketplace_pay.infra.openapi import IDEMPOTENCY_KEY_PATTERN
 from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
 from marketplace_pay.shared.ids import InvalidPublicId, decode_public_id
 
@@ -76,3 +78,26 @@ def allow_options(path: str, *methods: str) -> HTTPRouteHandler:
         return Response(content=None, status_code=204, headers={"Allow": allow})
 
     return route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False, sync_to_thread=False)(options)
+
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def idempotency_key_of(request: Request[Any, Any, Any]) -> str | None:
+    """The request's Idempotency-Key header, None without one; 400 when it is malformed."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValidationError(
+            "Invalid Idempotency-Key header",
+            errors=[FieldError("Idempotency-Key", "must be 1-255 visible ASCII characters (spaces only inside)")],
+        )
+    return key
+
+
+def keyed_response(content: bytes, status: int, location: str, *, replayed: bool) -> Response[Any]:
+    """The answer to a request that created a resource (or found it under its Idempotency-Key:
+    `replayed`), with its Location."""
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(content=content, status_code=status, media_type="application/json", headers=headers)

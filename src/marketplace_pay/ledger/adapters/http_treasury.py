@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -16,15 +15,18 @@ from litestar.params import PathParameter
 from marketplace_pay.infra.auth import FINANCE, SELLER, principal, requires
 from marketplace_pay.infra.codec import decode_body
 from marketplace_pay.infra.openapi import (
+    IDEMPOTENCY_KEY_HEADER,
     LOCATION,
+    REPLAYED,
     documented,
     problems,
     public_id_schema,
     seller_id_schema,
-    string_schema,
 )
 from marketplace_pay.infra.params import (
     allow_options,
+    idempotency_key_of,
+    keyed_response,
     path_id,
     path_public_id,
     query_int,
@@ -38,7 +40,7 @@ from marketplace_pay.ledger.application.treasury import Treasury
 from marketplace_pay.ledger.application.views import PayoutView, SettlementView, payout_view
 from marketplace_pay.ledger.domain.payout import Payout
 from marketplace_pay.shared.client_ids import is_seller_id
-from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.errors import NotFoundError
 from marketplace_pay.shared.ids import PAYOUT_PREFIX, SETTLEMENT_PREFIX, decode_public_id
 from marketplace_pay.shared.money import Currency, Money
 
@@ -83,31 +85,8 @@ def render(payout: Payout) -> tuple[int, bytes]:
     return 202, msgspec.json.encode(payout_view(payout))
 
 
-# Visible ASCII, spaces inside only — the same rule as for payments.
-IDEMPOTENCY_KEY_PATTERN = "^[!-~](?:[ -~]{0,253}[!-~])?$"
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-IDEMPOTENCY_KEY_HEADER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Replays the first response for the same key and body; scoped to the calling client",
-    "schema": string_schema(IDEMPOTENCY_KEY_PATTERN, max_length=255, description="visible ASCII, spaces only inside"),
-}
-_REPLAYED = {
-    "Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}
-}
 _TO_PAYOUT = {"operationId": "getPayout", "parameters": {"payout_id": "$response.body#/payoutId"}}
 _TO_SELLER_PAYOUTS = {"operationId": "getSellerPayouts", "parameters": {"seller_id": "$response.body#/sellerId"}}
-
-
-def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is not None and _IDEMPOTENCY_KEY.fullmatch(key) is None:
-        raise ValidationError(
-            "Invalid Idempotency-Key header",
-            errors=[FieldError("Idempotency-Key", "must be 1-255 visible ASCII characters (spaces only inside)")],
-        )
-    return key
 
 
 def _body(raw: bytes) -> CreatePayoutRequest:
@@ -143,7 +122,7 @@ def _body(raw: bytes) -> CreatePayoutRequest:
             s422="The seller is not ACTIVE, the currency is not the seller's, the amount exceeds what is available "
             "(or nothing is), or the Idempotency-Key was used with another body",
         ),
-        response_headers={202: {**LOCATION, **_REPLAYED}},
+        response_headers={202: {**LOCATION, **REPLAYED}},
         links={202: {"GetPayout": _TO_PAYOUT, "GetSellerPayouts": _TO_SELLER_PAYOUTS}},
     ),
     responses={202: ResponseSpec(PayoutView, description="Created (PENDING): the bank pays it asynchronously")},
@@ -156,7 +135,7 @@ async def create_payout(
 ) -> Response[PayoutView]:
     seller_id = path_id(seller_id, is_seller_id, "seller")
     require_json(request)
-    key = _idempotency_key(request)
+    key = idempotency_key_of(request)
     body = _body(await request.body())
     trace_id, traceparent = current_ids()
     fingerprint = None
@@ -173,17 +152,9 @@ async def create_payout(
     result = await treasury.create_payout(cmd, render=render)
     if isinstance(result, Replayed):
         payout_id = msgspec.json.decode(result.body)["payoutId"]
-        return Response(
-            content=result.body,  # type: ignore[arg-type]
-            status_code=result.status,
-            media_type="application/json",
-            headers={"Location": location(payout_id), "Idempotent-Replayed": "true"},
-        )
+        return keyed_response(result.body, result.status, location(payout_id), replayed=True)
     status, content = render(result.payout)
-    headers = {"Location": location(result.payout.public_id)}
-    if result.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
+    return keyed_response(content, status, location(result.payout.public_id), replayed=result.replayed)
 
 
 @get(

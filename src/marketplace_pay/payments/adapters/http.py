@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -14,8 +13,15 @@ from litestar.params import PathParameter
 
 from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, principal, requires
 from marketplace_pay.infra.codec import decode_body
-from marketplace_pay.infra.openapi import LOCATION, documented, problems, public_id_schema, string_schema
-from marketplace_pay.infra.params import path_public_id, require_json
+from marketplace_pay.infra.openapi import (
+    IDEMPOTENCY_KEY_HEADER,
+    LOCATION,
+    REPLAYED,
+    documented,
+    problems,
+    public_id_schema,
+)
+from marketplace_pay.infra.params import idempotency_key_of, keyed_response, path_public_id, require_json
 from marketplace_pay.infra.telemetry import current_ids
 from marketplace_pay.payments.application.create_payment import CreatePayment, LineRequest, Replayed
 from marketplace_pay.payments.application.ports import Keyed
@@ -23,7 +29,7 @@ from marketplace_pay.payments.application.service import Payments
 from marketplace_pay.payments.application.views import PaymentView, payment_view
 from marketplace_pay.payments.domain.payment import Payment, PaymentStatus
 from marketplace_pay.shared.client_ids import ClientId, check_client_id
-from marketplace_pay.shared.errors import FieldError, NotFoundError, ValidationError
+from marketplace_pay.shared.errors import NotFoundError
 from marketplace_pay.shared.ids import PAYMENT_PREFIX
 from marketplace_pay.shared.money import Currency, Money
 
@@ -69,31 +75,6 @@ def render(payment: Payment) -> tuple[int, bytes]:
     return status, msgspec.json.encode(payment_view(payment))
 
 
-# Visible ASCII, spaces inside only (HTTP strips them at the ends): a header value is bytes, and
-# anything else arrives as whatever the server's decoder made of it.
-IDEMPOTENCY_KEY_PATTERN = "^[!-~](?:[ -~]{0,253}[!-~])?$"
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-
-
-def idempotency_key_of(request: Request[Any, Any, Any]) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
-        raise ValidationError(
-            "Invalid Idempotency-Key header",
-            errors=[FieldError("Idempotency-Key", "must be 1-255 visible ASCII characters (spaces only inside)")],
-        )
-    return key
-
-
-IDEMPOTENCY_KEY_HEADER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Replays the first response for the same key and body; scoped to the calling client",
-    "schema": string_schema(IDEMPOTENCY_KEY_PATTERN, max_length=255, description="visible ASCII, spaces only inside"),
-}
 PAYMENT_ID_PATH = public_id_schema(PAYMENT_PREFIX, "pay_ + 11 base64url characters")
 _EXAMPLE = {
     "buyerId": "BUYER-1",
@@ -107,9 +88,6 @@ _EXAMPLE = {
 _TO_PAYMENT = {"operationId": "getPayment", "parameters": {"payment_id": "$response.body#/paymentId"}}
 _TO_JOURNAL = {"operationId": "getPaymentJournalEntries", "parameters": {"payment_id": "$response.body#/paymentId"}}
 _PAYMENT_LINKS = {"GetPayment": _TO_PAYMENT, "GetPaymentJournalEntries": _TO_JOURNAL}
-_REPLAYED = {
-    "Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}
-}
 
 
 @post(
@@ -135,7 +113,7 @@ _REPLAYED = {
             s409="The same Idempotency-Key is still being processed",
             s422="Unknown, inactive or other-currency seller, or an Idempotency-Key used with another body",
         ),
-        response_headers={202: {**LOCATION, **_REPLAYED}, 402: {**LOCATION, **_REPLAYED}},
+        response_headers={202: {**LOCATION, **REPLAYED}, 402: {**LOCATION, **REPLAYED}},
         links={202: _PAYMENT_LINKS, 402: _PAYMENT_LINKS},
     ),
     responses={
@@ -170,17 +148,9 @@ async def create_payment_endpoint(
     result = await payments.create(cmd, render=render)
     if isinstance(result, Replayed):
         payment_id = msgspec.json.decode(result.body)["paymentId"]
-        return Response(
-            content=result.body,  # type: ignore[arg-type]
-            status_code=result.status,
-            media_type="application/json",
-            headers={"Location": location(payment_id), "Idempotent-Replayed": "true"},
-        )
+        return keyed_response(result.body, result.status, location(payment_id), replayed=True)
     status, content = render(result.payment)
-    headers = {"Location": location(result.payment.public_id)}
-    if result.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
+    return keyed_response(content, status, location(result.payment.public_id), replayed=result.replayed)
 
 
 @get(

@@ -13,15 +13,23 @@ from litestar.params import PathParameter
 
 from marketplace_pay.infra.auth import FINANCE, PAYMENT_READ, PAYMENT_WRITE, principal, requires
 from marketplace_pay.infra.codec import decode_body
-from marketplace_pay.infra.openapi import LOCATION, documented, problems, public_id_schema
-from marketplace_pay.infra.params import allow_options, path_public_id, require_json
-from marketplace_pay.infra.telemetry import current_ids
-from marketplace_pay.payments.adapters.http import (
+from marketplace_pay.infra.openapi import (
     IDEMPOTENCY_KEY_HEADER,
-    PAYMENT_ID_PATH,
-    AmountIn,
-    idempotency_key_of,
+    LOCATION,
+    REPLAYED,
+    documented,
+    problems,
+    public_id_schema,
 )
+from marketplace_pay.infra.params import (
+    allow_options,
+    idempotency_key_of,
+    keyed_response,
+    path_public_id,
+    require_json,
+)
+from marketplace_pay.infra.telemetry import current_ids
+from marketplace_pay.payments.adapters.http import PAYMENT_ID_PATH, AmountIn
 from marketplace_pay.payments.application.create_payment import Replayed
 from marketplace_pay.payments.application.ports import Keyed
 from marketplace_pay.payments.application.refunds import RequestRefund
@@ -72,9 +80,6 @@ def _payment_order_id(value: str) -> int:
 
 
 _TO_REFUND = {"operationId": "getRefund", "parameters": {"refund_id": "$response.body#/refundId"}}
-_REPLAYED = {
-    "Idempotent-Replayed": {"description": "true when this is a replay", "schema": {"type": "string", "enum": ["true"]}}
-}
 
 
 @post(
@@ -108,7 +113,7 @@ _REPLAYED = {
             "can still refund (captured minus refunded minus pending), or the Idempotency-Key was used with "
             "another body",
         ),
-        response_headers={202: {**LOCATION, **_REPLAYED}},
+        response_headers={202: {**LOCATION, **REPLAYED}},
         links={202: {"GetRefund": _TO_REFUND}},
     ),
     responses={202: ResponseSpec(RefundView, description="Accepted (PENDING): the PSP refunds asynchronously")},
@@ -140,17 +145,9 @@ async def create_refund(
     result = await payments.request_refund(cmd, render=render)
     if isinstance(result, Replayed):
         refund_id = msgspec.json.decode(result.body)["refundId"]
-        return Response(
-            content=result.body,  # type: ignore[arg-type]
-            status_code=result.status,
-            media_type="application/json",
-            headers={"Location": location(refund_id), "Idempotent-Replayed": "true"},
-        )
+        return keyed_response(result.body, result.status, location(refund_id), replayed=True)
     status, content = render(result.refund)
-    headers = {"Location": location(result.refund.public_id)}
-    if result.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(content=content, status_code=status, media_type="application/json", headers=headers)  # type: ignore[arg-type]
+    return keyed_response(content, status, location(result.refund.public_id), replayed=result.replayed)
 
 
 _READERS = (PAYMENT_READ, PAYMENT_WRITE, FINANCE)
