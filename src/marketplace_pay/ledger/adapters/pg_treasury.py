@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from marketplace_pay.infra.keyed_requests import hold_key, kept_response
 from marketplace_pay.ledger.adapters.postgres import PgLedgerUnitOfWork
 from marketplace_pay.ledger.application.ports import (
     Keyed,
@@ -62,13 +63,7 @@ class PgPayoutRepository:
         self._conn = conn
 
     async def lock_key(self, client_id: str, idempotency_key: str) -> bool:
-        return bool(
-            await self._conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended('payout' || chr(31) || $1 || chr(31) || $2, 0))",
-                client_id,
-                idempotency_key,
-            )
-        )
+        return await hold_key(self._conn, "payout", client_id, idempotency_key)
 
     async def by_key(self, client_id: str, idempotency_key: str) -> KeyedPayout | None:
         row = await self._conn.fetchrow(
@@ -79,10 +74,7 @@ class PgPayoutRepository:
         )
         if row is None:
             return None
-        response = None
-        if row["response_status"] is not None:
-            response = (int(row["response_status"]), bytes(row["response_body"]))
-        return KeyedPayout(_payout(row), bytes(row["request_fingerprint"]), response)
+        return KeyedPayout(_payout(row), bytes(row["request_fingerprint"]), kept_response(row))
 
     async def lock_seller(self, seller_id: str) -> PayableSeller | None:
         # FOR NO KEY UPDATE: payouts of one seller queue here, while the fold's insert of a

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from marketplace_pay.infra.keyed_requests import hold_key, kept_response
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.payments.application.ports import (
     Keyed,
@@ -70,13 +71,7 @@ SELECT amount_minor, refunded_amount_minor FROM o
 
 class PgRefundUnitOfWork(PgUnitOfWork):
     async def lock_key(self, client_id: str, idempotency_key: str) -> bool:
-        return bool(
-            await self.connection.fetchval(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended('refund' || chr(31) || $1 || chr(31) || $2, 0))",
-                client_id,
-                idempotency_key,
-            )
-        )
+        return await hold_key(self.connection, "refund", client_id, idempotency_key)
 
     async def by_key(self, client_id: str, idempotency_key: str) -> KeyedRefund | None:
         row = await self.connection.fetchrow(
@@ -87,10 +82,7 @@ class PgRefundUnitOfWork(PgUnitOfWork):
         )
         if row is None:
             return None
-        response = None
-        if row["response_status"] is not None:
-            response = (int(row["response_status"]), bytes(row["response_body"]))
-        return KeyedRefund(_refund(row), bytes(row["request_fingerprint"]), response)
+        return KeyedRefund(_refund(row), bytes(row["request_fingerprint"]), kept_response(row))
 
     async def lock_order(self, payment_id: int, payment_order_id: int) -> RefundableOrder | None:
         # FOR NO KEY UPDATE: refunds of one order queue here; nothing else waits (a captured
