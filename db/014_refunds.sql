@@ -6,6 +6,11 @@
 -- captured. The PSP is called afterwards; SUCCEEDED moves the amount from reserved to refunded
 -- (on the order and on its payment), FAILED releases the reservation.
 
+-- The ALTERs below take short exclusive locks on payments and payment_orders. Behind a long
+-- transaction they would queue every request touching those tables: give up instead (the start
+-- fails with a lock timeout, and is tried again when the database is quieter).
+SET LOCAL lock_timeout = '5s';
+
 CREATE SEQUENCE refund_id_seq;
 
 ALTER TABLE payment_orders

@@ -160,6 +160,7 @@ async def test_refund_scenarios_event_to_journals_postings_and_balance(svc: Serv
         ("of an unknown payment", 404, None),
         ("with a malformed order id", 400, None),
         ("of zero", 400, None),
+        ("with a NUL in its reason", 400, None),
     ],
 )
 async def test_refused_refunds_are_problems_and_write_nothing(
@@ -184,7 +185,14 @@ async def test_refused_refunds_are_problems_and_write_nothing(
     elif case == "of zero":
         amount = 0
     before = await svc.fetchval("SELECT count(*) FROM refunds")
-    r = await refund(svc, target, order, amount, currency=currency)
+    if case == "with a NUL in its reason":
+        r = await svc.client.post(
+            f"/api/v1/payments/{target}/refunds",
+            json={"paymentOrderId": order, "amount": {"quantity": 10, "currency": "EUR"}, "reason": "a\u0000b"},
+            headers=svc.auth("payment:write"),
+        )
+    else:
+        r = await refund(svc, target, order, amount, currency=currency)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     if field is not None:
@@ -328,3 +336,39 @@ async def test_settlement_takes_captured_minus_refunded_once_and_reconcile_is_cl
     await svc.until(owed_nothing, timeout=20)
     report = await svc.container.balances.reconcile(grace_s=0)
     assert report.ok, report.drift
+
+
+async def test_many_concurrent_404s_do_not_starve_the_connection_pool(svc: Service) -> None:
+    payment_id, _, _ = await captured_payment(svc, 1000)
+    _, [other_order], _ = await captured_payment(svc, 500)
+    pool_max = svc.container.settings.db.pool_max
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(refund(svc, payment_id, other_order, 10) for _ in range(2 * pool_max + 5))), timeout=30
+    )
+    assert {a.status_code for a in answers} == {404}
+
+
+async def test_a_refund_whose_capture_is_not_recorded_yet_is_tried_again_never_dead_lettered(svc: Service) -> None:
+    from datetime import UTC, datetime
+
+    from marketplace_pay.infra.failures import TransientError
+    from marketplace_pay.shared.envelope import envelope
+
+    event = RefundSucceeded(
+        refund_id="999999",
+        public_refund_id="rf_AAAAAAAAD0I",
+        payment_id="1",
+        public_payment_id="pay_AAAAAAAAAAE",
+        payment_order_id="2",
+        public_payment_order_id="po_AAAAAAAAAAI",
+        seller_id="SELLER-111",
+        amount_minor=100,
+        currency="EUR",
+        timestamp=datetime.now(UTC),
+        order_amount_minor=1000,
+        order_refunded_minor=100,
+    )
+    [sub] = [s for s in svc.container.subscriptions if s.consumer == "ledger-record-refunds"]
+    with pytest.raises(TransientError):  # the dispatcher retries it without counting an attempt
+        await sub.handler([envelope(event, aggregate_id="2", timestamp=event.timestamp, trace_id="0" * 32)])
+    assert not await svc.fetch("SELECT 1 FROM journal_entries WHERE journal_id = 'REFUND:999999'")

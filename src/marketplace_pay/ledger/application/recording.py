@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import msgspec
 
 from marketplace_pay.infra import metrics
+from marketplace_pay.infra.failures import TransientError
 from marketplace_pay.ledger.domain import journal as journals
 from marketplace_pay.ledger.domain.events import LedgerEntriesRecorded, LedgerEntryData, PostingData
 from marketplace_pay.ledger.domain.journal import JournalEntry
@@ -207,8 +208,10 @@ async def record_finalizations(
         metrics.SETTLE_LAG.observe(max(0.0, now_ms - id_timestamp_ms(int(e.data.payment_id))) / 1000)
 
 
-class CaptureNotRecorded(LookupError):
-    """A refund arrived before its order's capture was recorded (retried until it is)."""
+class CaptureNotRecorded(TransientError):
+    """A refund arrived before its order's capture was recorded: tried again (with back-off,
+    without counting attempts) until it is — the PSP has refunded, so the refund must reach the
+    books, never a dead-letter queue for lack of patience."""
 
 
 async def record_refunds(

@@ -48,6 +48,7 @@ from marketplace_pay.shared.ids import (
 from marketplace_pay.shared.money import Money
 
 REASON_MAX = 255
+REASON_PATTERN = "^[^\\u0000-\\u001f\\u007f]*$"  # text: no control characters (PostgreSQL refuses NUL)
 REFUND_ID_PATH = public_id_schema(REFUND_PREFIX, "rf_ + 11 base64url characters")
 
 
@@ -56,7 +57,7 @@ class CreateRefundRequest(msgspec.Struct, rename="camel", frozen=True):
         str, msgspec.Meta(pattern=public_id_pattern(PAYMENT_ORDER_PREFIX), description="po_ + 11 base64url characters")
     ]
     amount: AmountIn
-    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX, pattern=REASON_PATTERN)] | None = None
 
 
 class RefundList(msgspec.Struct, rename="camel", frozen=True):

@@ -84,6 +84,11 @@ class PgRefundUnitOfWork(PgUnitOfWork):
             return None
         return KeyedRefund(_refund(row), bytes(row["request_fingerprint"]), kept_response(row))
 
+    async def payment_exists(self, payment_id: int) -> bool:
+        return bool(
+            await self.connection.fetchval("SELECT EXISTS (SELECT 1 FROM payments WHERE payment_id = $1)", payment_id)
+        )
+
     async def lock_order(self, payment_id: int, payment_order_id: int) -> RefundableOrder | None:
         # FOR NO KEY UPDATE: refunds of one order queue here; nothing else waits (a captured
         # order is not written by the capture pipeline any more).

@@ -307,6 +307,11 @@ class RefundUnitOfWork(Protocol):
 
     async def by_key(self, client_id: str, idempotency_key: str) -> KeyedRefund | None: ...
 
+    async def payment_exists(self, payment_id: int) -> bool:
+        """On this transaction's connection (a second connection while this one is held could
+        wait forever for a pool that concurrent requests like this one have emptied)."""
+        ...
+
     async def lock_order(self, payment_id: int, payment_order_id: int) -> RefundableOrder | None:
         """The payment's order, locked until commit; None when the payment has no such order."""
         ...

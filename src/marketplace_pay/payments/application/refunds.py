@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -111,7 +111,6 @@ async def request_refund(
     cmd: RequestRefund,
     *,
     uow: Callable[[], RefundUnitOfWork],
-    payment_exists: Callable[[int], Awaitable[bool]],
     render: Render,
     clock: Clock,
 ) -> Requested | Replayed:
@@ -133,7 +132,7 @@ async def request_refund(
                 return Requested(found.refund, replayed=True)
         order = await tx.lock_order(cmd.payment_id, cmd.payment_order_id)
         if order is None:
-            if not await payment_exists(cmd.payment_id):
+            if not await tx.payment_exists(cmd.payment_id):
                 raise NotFoundError("Payment not found")
             raise NotFoundError("The payment has no such payment order")
         if order.status is not PaymentOrderStatus.CAPTURED:

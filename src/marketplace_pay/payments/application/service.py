@@ -141,9 +141,7 @@ class Payments:
         return self.refunder
 
     async def request_refund(self, cmd: RequestRefund, *, render: refunds.Render) -> Requested | Replayed:
-        return await refunds.request_refund(
-            cmd, uow=self._refunds().uow, payment_exists=self.exists, render=render, clock=self._clock
-        )
+        return await refunds.request_refund(cmd, uow=self._refunds().uow, render=render, clock=self._clock)
 
     async def refund(self, refund_id: int) -> Refund | None:
         return await self._refunds().reads.refund(refund_id)
