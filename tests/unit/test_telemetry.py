@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from marketplace_pay.infra import telemetry
-from marketplace_pay.infra.telemetry import TracingConfigError, _remote_span, context_from, tracing_config
+from marketplace_pay.infra.telemetry import _remote_span, context_from
+from marketplace_pay.infra.tracing_config import TracingConfigError, tracing_config
 from marketplace_pay.shared.bus import Message
 
 

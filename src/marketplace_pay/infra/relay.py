@@ -1,24 +1,14 @@
 """The outbox relay: publishes committed outbox rows to the bus, shard by shard, in order.
 
-The outbox has 32 shards. Like a consumer group, the running processes share them: each relay
-leads about `32 / live processes` shards, each under a session advisory lock that dies with its
-process, so a shard whose leader died is taken over within a second. For every shard it leads, a
-relay reads the rows after its position, in (transaction id, id) order, hands them to the bus —
-which keeps the order of each key — and saves a cursor per shard once the bus says they are
-durable: handled by every subscriber (in-memory bus) or acknowledged by every Kafka replica.
-Rows are only ever inserted, never updated.
-
-**Late commits.** A transaction that got its id earlier may commit after rows of later
-transactions were read: its rows then sit *behind* the read position. Every read also returns
-the snapshot it was taken in; the transactions still running at that moment, with ids below the
-position, are remembered, and once they finish their rows (if any) are read by transaction id.
-So nothing is skipped, and nobody waits for an unrelated long transaction: delivery goes on;
-only the saved cursor stays behind such a transaction, so that a restart re-reads what it might
-still add.
-
-A crash before a cursor is saved publishes rows again; the handlers, idempotent by state guards,
-absorb the repeat. The relay is woken at once by a commit in its own process, by a NOTIFY from
-other processes, and polls as a fallback.
+The 32 shards are shared by the running processes like a consumer group: each relay leads about
+`32 / live processes` of them under session advisory locks that die with their process (a dead
+leader's shards are taken over within a second). It reads a shard's rows after its position in
+(transaction id, id) order, hands them to the bus (which keeps each key's order) and saves the
+cursor once the bus says they are durable. A transaction that commits late, behind the read
+position, is remembered while it runs and its rows read once it finishes: nothing is skipped,
+nobody waits for it, only the saved cursor stays behind it. A crash before a cursor is saved
+publishes rows again; handlers idempotent by state guards absorb the repeat. Woken by a commit
+here, a NOTIFY from other processes, or polling. Details: docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -90,8 +80,7 @@ class OutboxRelay:
         self._read: dict[int, Position] = {}
         self._inflight_first: dict[int, Counter[Position]] = {}
         self._waiting: set[int] = set()  # running transactions that may add rows behind a read position
-        # per shard, transactions that finished while they were waiting and whose rows behind
-        # the shard's position are still to be read (a shard left out of reads keeps its own)
+        # per shard: transactions that finished while waiting, their rows behind the position unread
         self._late: dict[int, set[int]] = {}
         self._saved: dict[int, Position] = {}
         self._paused_until: dict[int, float] = {}

@@ -20,16 +20,7 @@ event's span and links to the others; a PSP call made for one payment order in s
 still belongs to that order's trace (and links to the batch). Jobs acting for one payment (the
 PENDING_AUTH resolver) join its trace as well.
 
-**Configuration** — the standard variables:
-- `OTEL_TRACES_EXPORTER` — `otlp`, `console`, `none` (comma-separated). Unset: `otlp` when
-  `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, else none.
-  `MP_TRACE_EXPORT=console` adds the console exporter. `OTEL_SDK_DISABLED=true`: none.
-- `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` — `http/protobuf` (default, port 4318) or `grpc` (4317);
-  the exporters read their own endpoint, headers, timeout and compression variables.
-- `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` — the SDK's samplers; default
-  `parentbased_always_on` (every trace, and a caller's sampling decision is kept).
-- `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` — default service name `marketplace-pay`.
-- `OTEL_BSP_*` — batching of the export (default: every 5 s, 512 spans per request).
+**Configuration**: the standard `OTEL_*` variables, read by infra/tracing_config.py.
 
 **Cost.** Spans cost CPU on every request and every handler batch even when nobody collects
 them, so none is built unless an exporter is configured. Without one, trace ids still flow — a
@@ -56,6 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from marketplace_pay.infra.tracing_config import SERVICE_NAME, TracingConfig, tracing_config
 from marketplace_pay.shared.bus import Message
 
 log = logging.getLogger(__name__)
@@ -66,101 +58,6 @@ _recording = False  # an exporter is configured: spans are built for sampled wor
 _follow_parent = True  # the sampler keeps the parent's decision: an unsampled parent means no span
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
-
-SERVICE_NAME = "marketplace-pay"
-_SAMPLERS = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
-_PROTOCOLS = ("http/protobuf", "grpc")
-
-
-class TracingConfigError(ValueError):
-    """An OTEL_* / MP_TRACE_EXPORT variable has a value that cannot be used."""
-
-
-class TracingConfig(NamedTuple):
-    exporters: tuple[str, ...]  # "otlp", "console"; empty: tracing is off
-    protocol: str
-    endpoint: str | None  # where OTLP goes (for people: the start-up line)
-    sampler: str
-    sampler_arg: float | None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.exporters)
-
-    def describe(self) -> str:
-        if not self.enabled:
-            return "off"
-        parts = []
-        for name in self.exporters:
-            parts.append(f"otlp {self.protocol} {self.endpoint}" if name == "otlp" else name)
-        sampler = self.sampler + (f"({self.sampler_arg:g})" if self.sampler_arg is not None else "")
-        return f"{', '.join(parts)}; sampler {sampler}"
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def tracing_config(env: Mapping[str, str] | None = None) -> TracingConfig:
-    """What the environment asks for; raises TracingConfigError on a value that cannot work."""
-    env = os.environ if env is None else env
-    protocol = (
-        (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
-        .strip()
-        .lower()
-    )
-    listed = env.get("OTEL_TRACES_EXPORTER")
-    if _flag(env, "OTEL_SDK_DISABLED"):
-        names: list[str] = []
-    elif listed is not None and listed.strip():
-        names = [n.strip().lower() for n in listed.split(",") if n.strip()]
-        unknown = [n for n in names if n not in ("otlp", "console", "none")]
-        if unknown:
-            raise TracingConfigError(
-                f"OTEL_TRACES_EXPORTER: unknown exporter(s) {', '.join(unknown)}; use otlp, console or none"
-            )
-        names = [n for n in names if n != "none"]
-    else:
-        names = (
-            ["otlp"] if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else []
-        )
-    export = (env.get("MP_TRACE_EXPORT") or "").strip().lower()
-    if export not in ("", "console"):
-        raise TracingConfigError(f"MP_TRACE_EXPORT must be console or unset, got {export!r}")
-    if export == "console" and "console" not in names and not _flag(env, "OTEL_SDK_DISABLED"):
-        names.append("console")
-    names = list(dict.fromkeys(names))
-    if "otlp" in names and protocol not in _PROTOCOLS:
-        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}")
-    endpoint = None
-    if "otlp" in names:
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        if not endpoint:
-            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            if protocol == "grpc":
-                endpoint = base or "http://localhost:4317"
-            else:
-                endpoint = (base.rstrip("/") if base else "http://localhost:4318") + "/v1/traces"
-    sampler = (env.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
-    if sampler not in _SAMPLERS:
-        raise TracingConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(_SAMPLERS)}, got {sampler!r}")
-    arg = None
-    if sampler.endswith("traceidratio"):
-        raw = env.get("OTEL_TRACES_SAMPLER_ARG") or "1.0"
-        try:
-            arg = float(raw)
-        except ValueError:
-            raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {raw!r}") from None
-        if not 0.0 <= arg <= 1.0:
-            raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG must be in [0, 1], got {raw!r}")
-    return TracingConfig(tuple(names), protocol, endpoint, sampler, arg)
 
 
 def _exporter(name: str, config: TracingConfig) -> SpanExporter:

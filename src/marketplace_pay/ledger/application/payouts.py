@@ -10,16 +10,14 @@
 **Never below zero.** Creating a payout locks the seller's account row, then reads the seller's
 exact balance (committed postings: the folded snapshot plus everything above the horizon —
 never the Redis overlay) and writes the PAYOUT journal before the lock is released at commit.
-The next payout of the seller waits for the lock and then reads a balance that has the previous
-one deducted. Captures never touch that row, so the pay-in pipeline is not slowed by it. (A
-refund may still take a seller below zero: the seller then owes the platform, and the balance
-shows it.)
+The next payout of the seller waits for the lock and reads a balance with the previous one
+deducted. Captures never touch that row. (A refund may still take a seller below zero: the seller
+then owes the platform, and the balance shows it.)
 
 Both handlers are idempotent by state guards: a call is made only for a payout waiting for
-exactly that call, and its answer is written only if the payout is still in the state the call
-started from. The bank's key changes only after a definite "not paid", so a repeat — a
-redelivery, a crash between the bank's answer and the write — asks the same key again and gets
-the same answer: the money is sent at most once.
+exactly that call, and its answer written only if the payout is still in the state the call
+started from. The bank's key changes only after a definite "not paid", so a repeat (a redelivery,
+a crash before the answer was written) asks the same key again: the money is sent at most once.
 """
 
 from __future__ import annotations
