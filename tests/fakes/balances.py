@@ -138,7 +138,7 @@ class FakeBalanceStore:
             side[0 if posting.direction.value == "DEBIT" else 1] += posting.amount_minor
         return [TrialBalance(c, d, k) for c, (d, k) in sorted(sums.items())]
 
-    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
+    async def auth_drift(self, *, finished_before_s: float, finished_since: object = None) -> list[Drift]:
         return []
 
     async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:

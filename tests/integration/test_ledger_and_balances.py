@@ -104,6 +104,96 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
         assert r.status_code == 202
 
 
+async def test_the_periodic_reconciliation_checks_holds_of_payments_finished_since_its_last_run(
+    fresh_database: str, settings_for: Any
+) -> None:
+    # the service's own reconciliation job would share the runs counted here: not within this test
+    settings = fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER", reconcile_interval_s=3600)
+    async with start_service(settings) as svc:
+        balances = svc.container.balances
+        await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-111", 1000)]))
+        await settled(svc, 1)
+        old = await svc.fetchval("SELECT payment_id FROM payments")
+        assert (await balances.reconcile_since_last_run(grace_s=0, full_every=4)).ok  # run 1: everything
+        await _open_hold(svc, old, "ADJ:old")
+        # finished long before the window: only the whole-ledger checks read it again
+        await svc.fetchval("UPDATE payments SET updated_at = now() - interval '1 hour' WHERE payment_id = $1", old)
+        assert (await balances.reconcile_since_last_run(grace_s=0, full_every=4)).ok  # run 2: the window
+        assert not (await balances.reconcile(grace_s=0)).ok  # the command line reads everything
+        await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-222", 1000)]))
+        await settled(svc, 2)
+        new = await svc.fetchval("SELECT payment_id FROM payments WHERE payment_id <> $1", old)
+        await _open_hold(svc, new, "ADJ:new")
+        for _ in range(2):  # runs 3 and 4: found in the window, and again (it moves on only when clean)
+            report = await balances.reconcile_since_last_run(grace_s=0, full_every=4)
+            assert [d.subject for d in report.drift] == [f"{new}:AUTH_RECEIVABLE"]
+        report = await balances.reconcile_since_last_run(grace_s=0, full_every=4)  # run 5: everything again
+        assert sorted(d.subject for d in report.drift) == sorted([f"{old}:AUTH_RECEIVABLE", f"{new}:AUTH_RECEIVABLE"])
+
+
+async def test_psp_receivables_check_reads_the_balance_less_corrections_and_recent_payments(
+    fresh_database: str, settings_for: Any
+) -> None:
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        await svc.pay(payment_body(f"B-{uuid.uuid4().hex[:6]}", lines=[("SELLER-111", 1000)]))
+        await settled(svc, 1)
+        await svc.container.balances.fold()  # part of the balance in the snapshot, part above it
+        store = PgBalanceStore(svc.resources.pool)
+        assert await store.psp_receivables_drift(finished_before_s=0) == []
+        # a payment that changed within the grace period is left out of both sides
+        assert await store.psp_receivables_drift(finished_before_s=3600) == []
+        # an operator's correction moves what the PSP owes with no payment to explain it: left out
+        await _journal(svc, "ADJ:psp", "ADJUSTMENT", "PSP_RECEIVABLES.GLOBAL.EUR", 7)
+        assert await store.psp_receivables_drift(finished_before_s=0) == []
+        # anything else the payments do not explain is a difference
+        await _journal(svc, "REFUND:lost", "REFUND", "PSP_RECEIVABLES.GLOBAL.EUR", -5)
+        [drift] = await store.psp_receivables_drift(finished_before_s=0)
+        assert (drift.subject, drift.expected_minor, drift.actual_minor) == ("EUR", 1000, 995)
+
+
+async def _journal(svc: Any, journal_id: str, journal_type: str, account: str, signed_minor: int) -> None:
+    """A two-posting journal written by hand, `signed_minor` on `account`, the other side on PLATFORM_CASH."""
+    async with svc.resources.pool.acquire() as conn, conn.transaction():
+        seq = await conn.fetchval(
+            "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
+            "VALUES ($1, $2, 'test', 'EUR', 'test') RETURNING seq",
+            journal_id,
+            journal_type,
+        )
+        side = "DEBIT" if signed_minor > 0 else "CREDIT"
+        other = "CREDIT" if signed_minor > 0 else "DEBIT"
+        await conn.execute(
+            """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+               VALUES ($1, $2, $3, $4, $5, $6, 'EUR'), ($1, $2, 'PLATFORM_CASH.GLOBAL.EUR', $7, $5, $8, 'EUR')""",
+            journal_id,
+            seq,
+            account,
+            side,
+            abs(signed_minor),
+            signed_minor,
+            other,
+            -signed_minor,
+        )
+
+
+async def _open_hold(svc: Any, payment_id: int, journal_id: str) -> None:
+    """A capture recorded for too little (a bug elsewhere): the payment's hold is not fully released."""
+    async with svc.resources.pool.acquire() as conn, conn.transaction():
+        seq = await conn.fetchval(
+            "INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, source_event_id) "
+            "VALUES ($1, 'ADJUSTMENT', 'test', 'EUR', $2, 'test') RETURNING seq",
+            journal_id,
+            payment_id,
+        )
+        await conn.execute(
+            """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+               VALUES ($1, $2, 'AUTH_RECEIVABLE.GLOBAL.EUR', 'DEBIT', 10, 10, 'EUR'),
+                      ($1, $2, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 10, -10, 'EUR')""",
+            journal_id,
+            seq,
+        )
+
+
 async def test_the_database_refuses_to_change_the_ledger(fresh_database: str, settings_for: Any) -> None:
     async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
         await pay_many(svc, 1, seed=3)

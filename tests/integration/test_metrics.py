@@ -30,6 +30,7 @@ ALLOWED_LABELS = {
     "kind",
     "state",
     "check",
+    "currency",  # EUR, USD, GBP (settlements)
 }
 
 

@@ -64,7 +64,7 @@ def treasury_jobs(s: Settings, treasury: Treasury) -> list[Job]:
 
 def balances_jobs(s: Settings, balances: Balances) -> list[Job]:
     async def reconcile() -> None:
-        report = await balances.reconcile()
+        report = await balances.reconcile_since_last_run()
         if not report.ok:
             log.error("reconciliation found differences", extra={"drift": report.differences()[:50]})
 

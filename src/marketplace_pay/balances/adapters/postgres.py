@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import asyncpg
 
@@ -104,7 +105,7 @@ class PgBalanceStore:
         )
         return [TrialBalance(r["currency"], r["debits"], r["credits"]) for r in rows]
 
-    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
+    async def auth_drift(self, *, finished_before_s: float, finished_since: datetime | None = None) -> list[Drift]:
         # Payments finished (every order terminal) more than `finished_before_s` ago — the last
         # journals are recorded a moment after the payment finishes: their authorization hold
         # must be fully captured or released. Reads the payments context's table:
@@ -118,18 +119,22 @@ class PgBalanceStore:
                WHERE pay.status IN ('CAPTURED', 'CAPTURED_PARTIALLY', 'CAPTURE_FAILED',
                                     'PARTIALLY_REFUNDED', 'REFUNDED')
                  AND pay.updated_at < now() - make_interval(secs => $1)
+                 AND ($2::timestamptz IS NULL OR pay.updated_at >= $2)
                  AND a.account_type IN ('AUTH_RECEIVABLE', 'AUTH_LIABILITY')
                GROUP BY j.payment_id, a.account_type
                HAVING sum(p.signed_amount_minor) <> 0""",
             finished_before_s,
+            finished_since,
         )
         return [Drift(Check.AUTH_OPEN, f"{r['payment_id']}:{r['account_type']}", 0, r["net"]) for r in rows]
 
     async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:
         # Cross-context, like auth_drift: the payments' own figures (captured minus refunded) and
-        # the settlements against the ledger. An operator's correcting
-        # journal (ADJUSTMENT) changes what the PSP owes without a payment to explain it: it is
-        # left out, as the payments that changed within the grace period are.
+        # the settlements against the ledger. An operator's correcting journal (ADJUSTMENT)
+        # changes what the PSP owes without a payment to explain it: it is left out, as the
+        # payments that changed within the grace period are. What the ledger says is owed is the
+        # account's exact balance (snapshot + postings above the horizon, which the snapshot
+        # check vouches for) less those left out — found by index, never by reading the ledger.
         rows = await self._pool.fetch(
             """WITH recent AS (SELECT payment_id FROM payments
                                 WHERE updated_at >= now() - make_interval(secs => $1)),
@@ -138,13 +143,26 @@ class PgBalanceStore:
                                   FROM payments p WHERE p.updated_at < now() - make_interval(secs => $1)
                                   GROUP BY p.currency),
                      settled AS (SELECT currency, sum(gross_minor)::bigint AS minor FROM settlements GROUP BY currency),
-                     owed AS (SELECT p.currency, sum(p.signed_amount_minor)::bigint AS minor
-                              FROM postings p JOIN journal_entries j ON j.journal_id = p.journal_id
-                              WHERE p.account_code IN (SELECT account_code FROM accounts
-                                                       WHERE account_type = 'PSP_RECEIVABLES')
-                                AND j.journal_type <> 'ADJUSTMENT'
-                                AND (j.payment_id IS NULL OR j.payment_id NOT IN (SELECT payment_id FROM recent))
-                              GROUP BY p.currency)
+                     psp AS (SELECT account_code, currency FROM accounts WHERE account_type = 'PSP_RECEIVABLES'),
+                     held AS (SELECT psp.currency,
+                                     coalesce((SELECT b.balance_minor FROM account_balances b
+                                               WHERE b.account_code = psp.account_code), 0)
+                                   + coalesce((SELECT sum(p.signed_amount_minor) FROM postings p, balance_horizon h
+                                               WHERE p.tx >= h.folded_tx AND p.account_code = psp.account_code), 0)
+                                     AS minor
+                              FROM psp),
+                     left_out AS (SELECT p.currency, sum(p.signed_amount_minor)::bigint AS minor
+                                  FROM postings p
+                                  WHERE p.account_code IN (SELECT account_code FROM psp)
+                                    AND p.journal_id IN (
+                                        SELECT journal_id FROM journal_entries
+                                        WHERE payment_id IN (SELECT payment_id FROM recent)
+                                        UNION
+                                        SELECT journal_id FROM journal_entries WHERE journal_type = 'ADJUSTMENT')
+                                  GROUP BY p.currency),
+                     owed AS (SELECT held.currency, (sum(held.minor) - coalesce(max(l.minor), 0))::bigint AS minor
+                              FROM held LEFT JOIN left_out l ON l.currency = held.currency
+                              GROUP BY held.currency)
                 SELECT a.currency, coalesce(c.minor, 0) - coalesce(s.minor, 0) AS expected,
                        coalesce(o.minor, 0) AS actual
                 FROM accounts a

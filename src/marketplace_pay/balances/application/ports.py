@@ -90,9 +90,9 @@ class BalanceStore(Protocol):
         """Debits and credits of every currency."""
         ...
 
-    async def auth_drift(self, *, finished_before_s: float) -> list[Drift]:
-        """Payments finished more than `finished_before_s` ago whose AUTH_RECEIVABLE /
-        AUTH_LIABILITY effects do not net to zero."""
+    async def auth_drift(self, *, finished_before_s: float, finished_since: datetime | None = None) -> list[Drift]:
+        """Payments finished more than `finished_before_s` ago (and, given `finished_since`, not
+        before it) whose AUTH_RECEIVABLE / AUTH_LIABILITY effects do not net to zero."""
         ...
 
     async def psp_receivables_drift(self, *, finished_before_s: float) -> list[Drift]:

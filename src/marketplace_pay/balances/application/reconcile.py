@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -46,8 +46,16 @@ class ReconcileReport(msgspec.Struct):
 
 
 async def reconcile(
-    *, store: BalanceStore, overlay: Overlay, clock: Clock, repair: bool = False, grace_s: float = 30.0
+    *,
+    store: BalanceStore,
+    overlay: Overlay,
+    clock: Clock,
+    repair: bool = False,
+    grace_s: float = 30.0,
+    finished_since: datetime | None = None,
 ) -> ReconcileReport:
+    """Every check; the authorization holds only of payments finished since `finished_since`
+    when given (the periodic job's window: the ones before were checked by its earlier runs)."""
     if repair:
         await _repair(store=store, overlay=overlay)
     await fold_balances(store=store, overlay=overlay)
@@ -60,7 +68,7 @@ async def reconcile(
             for t in await store.trial_balance()
             if t.debits_minor != t.credits_minor
         ],
-        *await store.auth_drift(finished_before_s=grace_s),
+        *await store.auth_drift(finished_before_s=grace_s, finished_since=finished_since),
         *await store.psp_receivables_drift(finished_before_s=grace_s),
     ]
     record_drift(drift)
