@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
 from marketplace_pay.balances.application.consumer import APPLY_LEDGER_ENTRIES, apply_ledger_entries
@@ -33,8 +33,11 @@ class Balances:
         self._overlay = overlay
         self._sellers = sellers
         self._clock = clock
-        self._auth_checked_since: datetime | None = None  # the periodic reconciliation's window
+        # the periodic reconciliation's window: from an hour before this process started (what
+        # finished earlier, the previous process's runs and the hourly full check cover)
+        self._auth_checked_since = clock.now() - timedelta(hours=1)
         self._runs = 0
+        self._full_until_clean = False
 
     async def of_account(self, account_code: str) -> Balance | None:
         return await read_balance(account_code, store=self._store, overlay=self._overlay, clock=self._clock)
@@ -62,13 +65,15 @@ class Balances:
     async def reconcile_since_last_run(self, *, grace_s: float = 30.0, full_every: int = 12) -> ReconcileReport:
         """The periodic job's reconciliation. Checking every finished payment's authorization
         hold reads the whole ledger, and grows with it; here only the payments finished since
-        this process's previous run are checked (all of them on its first run, and every
-        `full_every` runs). The window moves on only after a clean check, so a difference is
+        this process's previous run are checked (on its first run, those of the last hour), and
+        every one on every `full_every`-th run. The window moves on only after a clean check, and a
+        full check that found a difference is repeated until it is clean: a difference stays
         reported until it is gone."""
         # where the next run starts: a minute before this run's bound, whatever the skew between
         # this clock and the database's (checking a payment twice costs nothing)
         cutoff = self._clock.now() - timedelta(seconds=grace_s + 60)
-        full = self._auth_checked_since is None or self._runs % full_every == 0
+        self._runs += 1
+        full = self._runs % full_every == 0 or self._full_until_clean
         report = await reconcile(
             store=self._store,
             overlay=self._overlay,
@@ -76,9 +81,10 @@ class Balances:
             grace_s=grace_s,
             finished_since=None if full else self._auth_checked_since,
         )
-        self._runs += 1
-        if not any(d.check is Check.AUTH_OPEN for d in report.drift):
+        open_holds = any(d.check is Check.AUTH_OPEN for d in report.drift)
+        if not open_holds:
             self._auth_checked_since = cutoff
+        self._full_until_clean = full and open_holds  # a difference only a full check sees stays reported
         return report
 
     async def trial_balance(self) -> list[TrialBalance]:
