@@ -83,19 +83,7 @@ async def test_reconcile_reports_an_authorization_left_open(fresh_database: str,
         await settled(svc, 1)
         pid = await svc.fetchval("SELECT payment_id FROM payments")
         assert (await svc.container.balances.reconcile(grace_s=0)).ok
-        # A capture recorded for too little (a bug elsewhere): the hold is not fully released.
-        async with svc.resources.pool.acquire() as conn, conn.transaction():
-            seq = await conn.fetchval(
-                "INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, source_event_id) "
-                "VALUES ('ADJ:auth', 'ADJUSTMENT', 'test', 'EUR', $1, 'test') RETURNING seq",
-                pid,
-            )
-            await conn.execute(
-                """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
-                   VALUES ('ADJ:auth', $1, 'AUTH_RECEIVABLE.GLOBAL.EUR', 'DEBIT', 10, 10, 'EUR'),
-                          ('ADJ:auth', $1, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 10, -10, 'EUR')""",
-                seq,
-            )
+        await _open_hold(svc, pid, "ADJ:auth")
         report = await svc.container.balances.reconcile(grace_s=0)
         assert [(d.check, d.subject, d.actual_minor) for d in report.drift] == [
             ("auth-open", f"{pid}:AUTH_RECEIVABLE", 10)
@@ -152,14 +140,17 @@ async def test_psp_receivables_check_reads_the_balance_less_corrections_and_rece
         assert (drift.subject, drift.expected_minor, drift.actual_minor) == ("EUR", 1000, 995)
 
 
-async def _journal(svc: Any, journal_id: str, journal_type: str, account: str, signed_minor: int) -> None:
+async def _journal(
+    svc: Any, journal_id: str, journal_type: str, account: str, signed_minor: int, *, payment_id: int | None = None
+) -> None:
     """A two-posting journal written by hand, `signed_minor` on `account`, the other side on PLATFORM_CASH."""
     async with svc.resources.pool.acquire() as conn, conn.transaction():
         seq = await conn.fetchval(
-            "INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id) "
-            "VALUES ($1, $2, 'test', 'EUR', 'test') RETURNING seq",
+            "INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, source_event_id) "
+            "VALUES ($1, $2, 'test', 'EUR', $3, 'test') RETURNING seq",
             journal_id,
             journal_type,
+            payment_id,
         )
         side = "DEBIT" if signed_minor > 0 else "CREDIT"
         other = "CREDIT" if signed_minor > 0 else "DEBIT"
@@ -179,20 +170,7 @@ async def _journal(svc: Any, journal_id: str, journal_type: str, account: str, s
 
 async def _open_hold(svc: Any, payment_id: int, journal_id: str) -> None:
     """A capture recorded for too little (a bug elsewhere): the payment's hold is not fully released."""
-    async with svc.resources.pool.acquire() as conn, conn.transaction():
-        seq = await conn.fetchval(
-            "INSERT INTO journal_entries (journal_id, journal_type, name, currency, payment_id, source_event_id) "
-            "VALUES ($1, 'ADJUSTMENT', 'test', 'EUR', $2, 'test') RETURNING seq",
-            journal_id,
-            payment_id,
-        )
-        await conn.execute(
-            """INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
-               VALUES ($1, $2, 'AUTH_RECEIVABLE.GLOBAL.EUR', 'DEBIT', 10, 10, 'EUR'),
-                      ($1, $2, 'PLATFORM_CASH.GLOBAL.EUR', 'CREDIT', 10, -10, 'EUR')""",
-            journal_id,
-            seq,
-        )
+    await _journal(svc, journal_id, "ADJUSTMENT", "AUTH_RECEIVABLE.GLOBAL.EUR", 10, payment_id=payment_id)
 
 
 async def test_the_database_refuses_to_change_the_ledger(fresh_database: str, settings_for: Any) -> None:

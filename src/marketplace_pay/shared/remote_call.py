@@ -47,3 +47,11 @@ def next_step(result: CallResult, *, attempt: int, max_retries: int) -> NextStep
             return NextStep.FAILED
         return NextStep.RETRY_NEW_KEY
     return NextStep.RETRY_SAME_KEY
+
+
+def backoff_step(*, unanswered: bool, answered_before: bool, attempt: int) -> int:
+    """Which step of the exponential back-off the next call waits for. A call unanswered after
+    an answered one is asked again soon (the first step): the other side has acted or not, and
+    answers the repeated key from its record. Otherwise — a definite "not done", or silence that
+    goes on — the back-off grows with the attempts."""
+    return 1 if unanswered and answered_before else attempt + 1

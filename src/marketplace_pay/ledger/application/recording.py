@@ -191,14 +191,9 @@ async def record_finalizations(
     clock: Clock,
 ) -> None:
     events = _once(batch)
-    captured = sorted({e.data.seller_id for e in events if e.data.status == PaymentOrderStatus.CAPTURED})
-    bps = await rates.commission_bps(captured)
-    if missing := [s for s in captured if s not in bps]:
-        for seller_id in missing:  # perhaps onboarded a moment ago in another process: no cached "unknown"
-            rates.forget(seller_id)
-        # sellers are never removed: a capture for one the directory does not know is a fault
-        # to surface (retried, then dead-lettered), never a capture recorded without commission
-        raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
+    bps = await _commission_rates(
+        {e.data.seller_id for e in events if e.data.status == PaymentOrderStatus.CAPTURED}, rates
+    )
     await _record([_finalization(e, bps.get(e.data.seller_id, 0)) for e in events], uow=uow, clock=clock)
     # Settled: the order's final journal is in the ledger. The lag runs from the payment's
     # creation, which its id records (a redelivery after a crash counts the order again).
@@ -228,12 +223,7 @@ async def record_refunds(
     events = _once(batch)
     if not events:
         return
-    sellers = sorted({e.data.seller_id for e in events})
-    bps = await rates.commission_bps(sellers)
-    if missing := [s for s in sellers if s not in bps]:
-        for seller_id in missing:
-            rates.forget(seller_id)
-        raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
+    bps = await _commission_rates({e.data.seller_id for e in events}, rates)
     recordings = []
     stored: dict[str, StoredJournal] = {}
     async with uow() as tx:
@@ -263,6 +253,18 @@ async def record_refunds(
             recordings.append(recording)
         _announce(tx, recordings, stored, clock.now())
         await tx.commit()
+
+
+async def _commission_rates(seller_ids: set[str], rates: CommissionRates) -> dict[str, int]:
+    """Every given seller's commission rate. Sellers are never removed: one the directory does
+    not know is a fault to surface (retried, then dead-lettered), never money recorded without
+    its commission."""
+    bps = await rates.commission_bps(sorted(seller_ids))
+    if missing := sorted(s for s in seller_ids if s not in bps):
+        for seller_id in missing:  # perhaps onboarded a moment ago in another process: no cached "unknown"
+            rates.forget(seller_id)
+        raise UnknownSeller(f"no commission rate for seller(s) {', '.join(missing)}")
+    return bps
 
 
 def _once(batch: Sequence[Envelope[Any]]) -> list[Envelope[Any]]:

@@ -41,8 +41,6 @@ from marketplace_pay.shared.ids import (
     PAYMENT_ORDER_PREFIX,
     PAYMENT_PREFIX,
     REFUND_PREFIX,
-    InvalidPublicId,
-    decode_public_id,
     public_id_pattern,
 )
 from marketplace_pay.shared.money import Money
@@ -70,14 +68,6 @@ def location(refund_id: str) -> str:
 
 def render(refund: Refund) -> tuple[int, bytes]:
     return 202, msgspec.json.encode(refund_view(refund))
-
-
-def _payment_order_id(value: str) -> int:
-    """Well-formed (the body's schema checked it) but naming no order that can exist: 404."""
-    try:
-        return decode_public_id(PAYMENT_ORDER_PREFIX, value)
-    except (InvalidPublicId, UnicodeEncodeError):
-        raise NotFoundError("The payment has no such payment order") from None
 
 
 _TO_REFUND = {"operationId": "getRefund", "parameters": {"refund_id": "$response.body#/refundId"}}
@@ -129,7 +119,8 @@ async def create_refund(
     require_json(request)
     key = idempotency_key_of(request)
     body = decode_body(await request.body(), CreateRefundRequest)
-    order_id = _payment_order_id(body.payment_order_id)
+    # well-formed (the body's schema checked it) but naming no order that can exist: 404
+    order_id = path_public_id(PAYMENT_ORDER_PREFIX, body.payment_order_id, "payment order")
     trace_id, traceparent = current_ids()
     fingerprint = None
     if key is not None:  # the payment is part of the request: the same key for another payment is another body

@@ -46,6 +46,7 @@ from marketplace_pay.shared.clock import Clock
 from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.money import Currency, Money
+from marketplace_pay.shared.remote_call import backoff_step
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,11 @@ class Capturer:
         scheduled: list[tuple[int, int, int]] = []
         for (order, cause), result in zip(todo, results, strict=True):
             before = order.state()
-            # A definite "not captured" backs off exponentially before a new key is tried. A call
-            # that went unanswered after an answered one is asked again soon (the first step of the
-            # back-off): the PSP has acted or not, and answers a repeated key from its record. A
-            # PSP that keeps not answering is backed off from like any other.
-            first_silence = result is CaptureResult.UNKNOWN and not order.psp_outcome_unknown
-            step = 1 if first_silence else order.retry_count + 1
+            step = backoff_step(
+                unanswered=result is CaptureResult.UNKNOWN,
+                answered_before=not order.psp_outcome_unknown,
+                attempt=order.retry_count,
+            )
             status = order.apply_result(
                 result,
                 attempt=order.retry_count,

@@ -60,7 +60,7 @@ from marketplace_pay.shared.envelope import Envelope, envelope
 from marketplace_pay.shared.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
 from marketplace_pay.shared.faults import faults
 from marketplace_pay.shared.money import Money
-from marketplace_pay.shared.remote_call import CallResult
+from marketplace_pay.shared.remote_call import CallResult, backoff_step
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,11 @@ class Refunder:
         p = self.policy
         now = self.clock.now()
         before = refund.state()
-        # An unanswered call after an answered one is asked again soon (the PSP has acted or
-        # not, and answers the repeated key from its record); otherwise the back-off grows.
-        first_silence = result is CallResult.UNKNOWN and not refund.psp_outcome_unknown
-        step = 1 if first_silence else refund.attempt + 1
+        step = backoff_step(
+            unanswered=result is CallResult.UNKNOWN,
+            answered_before=not refund.psp_outcome_unknown,
+            attempt=refund.attempt,
+        )
         delay_ms = equal_jitter_backoff_ms(step, base_ms=p.base_ms, cap_ms=p.cap_ms, rng=self._rng)
         status = refund.apply(
             result, attempt=refund.attempt, now=now, max_retries=p.max_retries, retry_delay_ms=delay_ms
