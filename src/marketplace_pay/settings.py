@@ -97,7 +97,7 @@ class Psp:
 
     PREFIX: ClassVar[str] = "MP_PSP_"
     scenario: str = setting("NORMAL", "simulator behaviour", choices=PSP_SCENARIOS)
-    seed: int = setting(0, "seed of the simulator's random source")
+    seed: int = setting(0, "seed of the simulators' draws (the same key always gets the same answer)")
     auth_timeout_ms: int = setting(
         500, "budget of the synchronous authorization; past it the payment is PENDING_AUTH", minimum=1
     )

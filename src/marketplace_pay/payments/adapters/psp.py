@@ -1,7 +1,7 @@
 """PSP simulators for authorization and capture, behaving like a real PSP where it matters for money:
 
 - **Deterministic per idempotency key.** The outcome (and latency) of a call is drawn from a
-  random source seeded with (MP_PSP_SEED, operation, key): asking again — after a timeout, or
+  hash of (MP_PSP_SEED, operation, key): asking again — after a timeout, or
   from another process after a crash — gets the same answer.
 - **It acts when it receives the request**, whether or not the caller waits for the answer: a
   capture whose caller gave up after its budget has still captured (the call log says so, with
@@ -29,9 +29,8 @@ with.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import random
-import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -43,7 +42,9 @@ from marketplace_pay.shared.money import Money
 
 TIMEOUT_SLEEP_MS = 5000  # a simulated timeout answers after 5 s; callers give up after 500 ms
 REPLAY_MAX_MS = 100  # a repeated key is a lookup: answered within the scenario's fastest latency, ≤ 100 ms
-_REMEMBER_KEYS = 200_000  # keys recently seen (bounded: memory does not grow with traffic)
+# Keys recently seen, to answer a repeat as a quick replay. Bounded, so memory does not grow with
+# traffic: a repeat of a key forgotten since gets the same outcome, only not the replay's latency.
+_REMEMBER_KEYS = 50_000
 
 
 class Bucket(NamedTuple):
@@ -90,21 +91,26 @@ class Draw(NamedTuple):
 
 def draw(seed: int, operation: str, key: str, scenario: Scenario) -> Draw:
     """The deterministic latency and outcome roll of one call: a share of calls time out (5 s),
-    the rest fall in a latency bucket; then a roll in [0, 100) picks the outcome."""
-    rng = random.Random(f"{seed}:{operation}:{key}")
+    the rest fall in a latency bucket; then a roll in [0, 100) picks the outcome.
+
+    The rolls are 16-bit slices of one hash of (seed, operation, key) — the same answer for the
+    same key in any process, and cheap (seeding a `random.Random` per call cost more than the
+    rest of a simulated call)."""
+    bits = int.from_bytes(hashlib.blake2b(f"{seed}:{operation}:{key}".encode(), digest_size=8).digest(), "little")
+    timeout_roll, bucket_roll, within, outcome_roll = (bits >> s & 0xFFFF for s in (0, 16, 32, 48))
     latency = 0
-    if scenario.timeout_percent and rng.randrange(100) < scenario.timeout_percent:
+    if scenario.timeout_percent and timeout_roll % 100 < scenario.timeout_percent:
         latency += TIMEOUT_SLEEP_MS
-    r = rng.randrange(100)
+    r = bucket_roll % 100
     upper = 0
     for bucket in scenario.latency:
         upper += bucket.percent
         if r < upper:
-            latency += rng.randrange(bucket.min_ms, bucket.max_ms)
+            latency += bucket.min_ms + within % (bucket.max_ms - bucket.min_ms)
             break
     else:
         latency += TIMEOUT_SLEEP_MS
-    return Draw(latency_ms=latency, roll=rng.randrange(100))
+    return Draw(latency_ms=latency, roll=outcome_roll % 100)
 
 
 class CallLog:
@@ -131,12 +137,12 @@ class _Simulator:
         self.scenario = scenario
         self.seed = seed
         self.log = log or CallLog()
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     def _replay(self, key: str) -> bool:
         """Whether `key` was received before (and remember it now)."""
         seen = key in self._seen
-        self._seen[key] = time.monotonic()
+        self._seen[key] = None
         self._seen.move_to_end(key)
         while len(self._seen) > _REMEMBER_KEYS:
             self._seen.popitem(last=False)
