@@ -44,6 +44,7 @@ def setting(
 
 
 PSP_SCENARIOS = ("NORMAL", "PEAK", "DEGRADED", "BEST_PSP_EVER")
+ROLES = ("all", "api", "pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,15 @@ class Process:
         "this process in logs, leases and Kafka client ids",
         factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
     )
-    workers: int = setting(0, "`serve` processes; 0: one per two CPU cores (PostgreSQL shares the machine)")
+    workers: int = setting(
+        0, "`serve` processes; 0: one per CPU core. From 2 on, half of them (rounded down) run the pipeline"
+    )
+    role: str = setting(
+        "all",
+        "what this process runs: `all`; `api` (the API only: no outbox shards, handlers or jobs); "
+        "`pipeline` (outbox shards, handlers and jobs). `serve --workers N` sets it per worker",
+        choices=ROLES,
+    )
     faults: str | None = setting(None, "crash points for fault tests, e.g. `relay.after_read=kill@2`")
 
 

@@ -9,6 +9,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 import asyncpg
@@ -18,10 +19,11 @@ from marketplace_pay.infra import partitions
 from marketplace_pay.infra.db import CHURNING_TABLES, create_pool, vacuum_if_autovacuum_off
 from marketplace_pay.infra.dead_letters import PgDeadLetters
 from marketplace_pay.infra.dispatch import Dispatcher
-from marketplace_pay.infra.locks import SessionLocks, run_exclusive
+from marketplace_pay.infra.locks import LeasedIdGenerator, SessionLocks, run_exclusive
 from marketplace_pay.infra.memory_bus import InMemoryEventBus
 from marketplace_pay.infra.outbox import SHARDS, append_to_outbox, shard_of
 from marketplace_pay.infra.relay import OutboxRelay
+from marketplace_pay.infra.relay_support import live_instances
 from marketplace_pay.infra.uow import PgUnitOfWork
 from marketplace_pay.shared.bus import Message, Subscription
 from marketplace_pay.shared.envelope import Envelope, Event, envelope
@@ -284,6 +286,45 @@ async def test_two_relays_share_the_shards_and_one_takes_over_when_the_other_die
             await lock.stop()
     seen = Counter(recorders[0].ids() + recorders[1].ids())
     assert set(seen) == {f"k{i % 40}:{i}" for i in range(600)}
+
+
+async def test_an_api_only_process_leads_no_shard_and_wakes_the_pipeline_by_notify(
+    pool: asyncpg.Pool, fresh_database: str
+) -> None:
+    """An API process (`leads_shards=False`, its lease `relays = false`) is not counted among the
+    members sharing the shards, so the pipeline process leads all 32; rows the API process commits
+    reach the pipeline's handlers by its NOTIFY, long before the pipeline would poll."""
+    locks = [SessionLocks(fresh_database, application_name=f"relay-{x}") for x in ("api", "pipeline")]
+    for lock in locks:
+        await lock.start()
+    leases = [LeasedIdGenerator(lock, holder=f"h-{i}", relays=i == 1) for i, lock in enumerate(locks)]
+    for lease in leases:
+        await lease.acquire()
+    members = partial(live_instances, pool)
+    assert await members() == 1
+    recorder = Recorder()
+    api_bus, pipeline_bus = new_bus(pool), new_bus(pool, ("x", recorder))
+    api = OutboxRelay(pool, api_bus, locks=locks[0], poll_ms=60_000, live_instances=members, leads_shards=False)
+    pipeline = OutboxRelay(pool, pipeline_bus, locks=locks[1], poll_ms=60_000, live_instances=members)
+    await running(api, api_bus)
+    await running(pipeline, pipeline_bus)
+    try:
+        deadline = time.monotonic() + 10
+        while len(pipeline.leading) < SHARDS:
+            assert time.monotonic() < deadline, "the pipeline relay did not take every shard"
+            await asyncio.sleep(0.05)
+        assert not api.leading
+        await commit(pool, [ping(f"k{i % 40}", i) for i in range(100)], on_commit=api.committed)
+        await wait_handled(pool, timeout=5)  # far less than the 60-s poll: the NOTIFY woke it
+        assert len(recorder.seen) == 100
+        assert not api.leading
+    finally:
+        await stopped(api, api_bus)
+        await stopped(pipeline, pipeline_bus)
+        for lease in leases:
+            await lease.release()
+        for lock in locks:
+            await lock.stop()
 
 
 async def test_a_crash_before_the_cursor_moved_delivers_again(pool: asyncpg.Pool) -> None:

@@ -24,7 +24,7 @@ from marketplace_pay.bootstrap.contexts import (
     wire_payments,
     wire_treasury,
 )
-from marketplace_pay.bootstrap.delivery import delivery_jobs, make_bus, make_relay
+from marketplace_pay.bootstrap.delivery import delivery_jobs, make_bus, make_relay, relay_job
 from marketplace_pay.bootstrap.jobs import Job, balances_jobs, payments_jobs, treasury_jobs
 from marketplace_pay.bootstrap.ports import Ports, RelayWake, real_ports
 from marketplace_pay.infra.auth import JwtVerifier, resolve_jwt_secret
@@ -161,6 +161,15 @@ def bootstrap(
         relay = wake.relay = make_relay(s, stores, bus)
         jobs += delivery_jobs(s, stores, relay, ports.dead_letters)
     batch = s.handler.batch_max
+    subscriptions = [
+        *payments.subscriptions(batch_max=batch),
+        *ledger.subscriptions(batch_max=batch),
+        *treasury.subscriptions(batch_max=batch),
+        *balances.subscriptions(batch_max=batch),
+    ]
+    if s.process.role == "api":  # the API only: the pipeline (handlers, jobs) runs elsewhere
+        subscriptions = []
+        jobs = [relay_job(relay)] if relay is not None else []
     return Container(
         settings=s,
         clock=clock,
@@ -178,12 +187,7 @@ def bootstrap(
         treasury=treasury,
         balances=balances,
         dead_letters=ports.dead_letters,
-        subscriptions=[
-            *payments.subscriptions(batch_max=batch),
-            *ledger.subscriptions(batch_max=batch),
-            *treasury.subscriptions(batch_max=batch),
-            *balances.subscriptions(batch_max=batch),
-        ],
+        subscriptions=subscriptions,
         jobs=jobs,
         relay=relay,
         stores=stores,

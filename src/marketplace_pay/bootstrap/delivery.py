@@ -44,15 +44,23 @@ def make_relay(s: Settings, resources: Resources, bus: EventBus) -> OutboxRelay:
         batch_size=s.outbox.batch_size,
         poll_ms=s.outbox.poll_ms,
         inflight_max=s.outbox.inflight_max,
+        leads_shards=s.process.role != "api",
     )
+
+
+def relay_job(relay: OutboxRelay) -> Job:
+    """Restarts the relay loop if it died (every process has one: an API-only process's relay
+    leads no shard but wakes the others' on commit)."""
+
+    async def supervise_relay() -> None:
+        relay.ensure_running()
+
+    return Job("outbox-relay", 2000, supervise_relay)
 
 
 def delivery_jobs(s: Settings, resources: Resources, relay: OutboxRelay, dead_letters: DeadLetters) -> list[Job]:
     """Upkeep of the delivery machinery: the relay, the queue tables, dead letters, vacuum."""
     pool = resources.pool
-
-    async def supervise_relay() -> None:
-        relay.ensure_running()
 
     async def maintain_partitions() -> None:
         async with pool.acquire() as conn:
@@ -65,7 +73,7 @@ def delivery_jobs(s: Settings, resources: Resources, relay: OutboxRelay, dead_le
             await vacuum_if_autovacuum_off(conn)
 
     jobs = [
-        Job("outbox-relay", 2000, supervise_relay),
+        relay_job(relay),
         Job("outbox-backlog", 5000, partial(backlog, pool)),
         Job("queue-partitions", 60_000, maintain_partitions, exclusive=True),
         Job("dead-letters-gauge", 10_000, dead_letters.gauge),

@@ -229,6 +229,17 @@ def _worker_setup() -> Settings:
     return settings
 
 
+def create_api_app() -> Litestar:
+    """A worker of `serve --workers N` that serves the API on the shared port, and nothing else."""
+    return create_app(settings=_worker_setup().with_(role="api"))
+
+
+def create_pipeline_app() -> Litestar:
+    """A worker of `serve --workers N` that runs the pipeline (outbox shards, handlers, jobs); it
+    listens on a loopback port of its own, so no API traffic reaches it."""
+    return create_app(settings=_worker_setup().with_(role="pipeline"))
+
+
 def create_app(container: Container | None = None, *, settings: Settings | None = None) -> Litestar:
     if container is None and settings is None:
         settings = _worker_setup()

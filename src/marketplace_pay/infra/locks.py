@@ -189,8 +189,11 @@ class LeasedIdGenerator:
         heartbeat_s: float = 1.0,
         stale_after_s: float = 5.0,
         preferred: int | None = None,
+        relays: bool = True,
     ) -> None:
+        """`relays`: whether this process leads outbox shards (an API-only process does not)."""
         self._locks = locks
+        self._relays = relays
         self._holder = f"{holder}#{os.urandom(3).hex()}"
         self.heartbeat_s = heartbeat_s
         self._stale_after_s = stale_after_s
@@ -212,14 +215,16 @@ class LeasedIdGenerator:
                 continue
             sent_at = time.monotonic()
             taken = await self._locks.fetchval(
-                """INSERT INTO instance_leases (instance_id, holder, heartbeat_at) VALUES ($1, $2, now())
-                   ON CONFLICT (instance_id) DO UPDATE SET holder = EXCLUDED.holder, heartbeat_at = now()
+                """INSERT INTO instance_leases (instance_id, holder, heartbeat_at, relays) VALUES ($1, $2, now(), $4)
+                   ON CONFLICT (instance_id) DO UPDATE
+                   SET holder = EXCLUDED.holder, heartbeat_at = now(), relays = EXCLUDED.relays
                    WHERE instance_leases.heartbeat_at < now() - make_interval(secs => $3)
                       OR instance_leases.holder = EXCLUDED.holder
                    RETURNING instance_id""",
                 candidate,
                 self._holder,
                 self._stale_after_s,
+                self._relays,
             )
             if taken is None:  # its previous holder may still be minting: leave it alone
                 await self._locks.unlock(NS_INSTANCE, candidate)

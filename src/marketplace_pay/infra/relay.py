@@ -1,14 +1,13 @@
 """The outbox relay: publishes committed outbox rows to the bus, shard by shard, in order.
 
-The 32 shards are shared by the running processes like a consumer group: each relay leads about
-`32 / live processes` of them under session advisory locks that die with their process (a dead
+The 32 shards are shared like a consumer group: each relay leads about `32 / live processes`
+(API-only processes lead none) under session advisory locks that die with their process (a dead
 leader's shards are taken over within a second). It reads a shard's rows after its position in
 (transaction id, id) order, hands them to the bus (which keeps each key's order) and saves the
 cursor once the bus says they are durable. A transaction that commits late, behind the read
 position, is remembered while it runs and its rows read once it finishes: nothing is skipped,
-nobody waits for it, only the saved cursor stays behind it. A crash before a cursor is saved
-publishes rows again; handlers idempotent by state guards absorb the repeat. Woken by a commit
-here, a NOTIFY from other processes, or polling. Details: docs/delivery.md.
+nobody waits for it. A crash before a cursor is saved publishes rows again; handlers idempotent
+by state guards absorb the repeat. Woken by a commit here, a NOTIFY, or polling (docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -62,12 +61,15 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_ms: int = 50,
         inflight_max: int = 5000,
+        leads_shards: bool = True,
     ) -> None:
-        """`locks=None`: lead every shard without an election (a test relay)."""
+        """`locks=None`: lead every shard, no election (a test relay). `leads_shards=False` (an
+        API-only process): lead none, only wake the others by NOTIFY."""
         self._pool = pool
         self._bus = bus
         self._locks = locks
         self._live_instances = live_instances
+        self._leads_shards = leads_shards
         self._batch_size = batch_size
         self._poll_s = poll_ms / 1000
         self._inflight_max = max(inflight_max, batch_size) if bus.pipelined else batch_size
@@ -98,8 +100,7 @@ class OutboxRelay:
         self._wake.set()
 
     def committed(self, shards: Iterable[int]) -> None:
-        """Rows were committed in these shards: wake this relay, and the others by NOTIFY when
-        another process leads one of them."""
+        """Rows were committed in these shards: wake this relay, and by NOTIFY the others."""
         shards = set(shards)
         if shards & self._leading:
             self._wake.set()
@@ -113,7 +114,7 @@ class OutboxRelay:
         return frozenset(self._leading)
 
     async def start(self) -> None:
-        if self._locks is not None:
+        if self._locks is not None and self._leads_shards:
             await self._locks.listen(NOTIFY_CHANNEL, self.wake)
         self.ensure_running()
 
@@ -129,8 +130,7 @@ class OutboxRelay:
             self._saver = asyncio.create_task(self._save_loop(), name="outbox-cursors")
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
-        """Stop reading, wait up to `grace_s` for published rows to be handled, save the
-        cursors, give the shards up."""
+        """Stop reading, wait up to `grace_s` for published rows to be handled, save, let go."""
         self._stopping = True
         self._wake.set()
         self._room.set()
@@ -165,7 +165,7 @@ class OutboxRelay:
                 return
             self._generation = self._locks.generation
         live = max(1, await self._live_instances()) if self._live_instances else 1
-        fair = math.ceil(SHARDS / live)
+        fair = math.ceil(SHARDS / live) if self._leads_shards else 0
         keeping = self._leading - self._releasing
         if len(keeping) > fair:
             extra = sorted(keeping)[fair:]

@@ -74,10 +74,12 @@ def before(position: Position) -> Position:
 
 
 async def live_instances(pool: asyncpg.Pool, *, fresh_s: float = 5.0) -> int:
-    """Processes whose snowflake lease heartbeat is fresh: the members sharing the shards."""
+    """Processes that lead outbox shards (not API-only ones) and whose snowflake lease heartbeat
+    is fresh: the members sharing the shards."""
     return int(
         await pool.fetchval(
-            "SELECT count(*) FROM instance_leases WHERE heartbeat_at > now() - make_interval(secs => $1)", fresh_s
+            "SELECT count(*) FROM instance_leases WHERE relays AND heartbeat_at > now() - make_interval(secs => $1)",
+            fresh_s,
         )
     )
 
