@@ -196,9 +196,16 @@ async def test_killed_after_handling_before_the_cursor_moved_then_everything_rep
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_on_kafka_killed_mid_run_and_restarted(
-    fresh_database: str, settings_for: Any, kafka_bootstrap: str, tmp_path: Path, processes: list[ServiceProcess]
+    fresh_database: str,
+    settings_for: Any,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    processes: list[ServiceProcess],
+    workers: int,
 ) -> None:
+    """With two workers: the API worker only produces; the pipeline worker's consumers handle."""
     log = tmp_path / "psp.jsonl"
     settings = settings_for(
         fresh_database,
@@ -210,7 +217,7 @@ async def test_on_kafka_killed_mid_run_and_restarted(
         kafka_topic_partitions=4,
         kafka_session_timeout_ms=6000,
     )
-    service = ServiceProcess(settings)
+    service = ServiceProcess(settings, workers=workers)
     processes.append(service)
     service.start(timeout=60)
     create(service, 15, amount=lambda rng: rng.randint(100, 9000))

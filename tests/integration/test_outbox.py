@@ -457,6 +457,52 @@ async def test_partitions_are_dropped_only_once_every_cursor_is_past_them(pool: 
     assert len(remaining) >= table.ahead + 1
 
 
+async def test_a_partition_is_not_created_while_the_table_is_busy_and_writers_never_queue_behind_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """Creating a partition takes the table's strongest lock; writers queue behind it while it
+    waits. With the table busy (a long transaction holding a lock on it), the creation gives up
+    within its short lock timeout — the writers went on meanwhile — and the next run creates it."""
+    table = partitions.OUTBOX
+    later = datetime.now(UTC) + timedelta(hours=3)
+    name = table.partition_name(table.start_of(later))
+    async with pool.acquire() as holder, pool.acquire() as maker, pool.acquire() as writer:
+        busy = holder.transaction()
+        await busy.start()
+        await holder.execute("LOCK TABLE outbox IN ACCESS SHARE MODE")  # e.g. a long read of the outbox
+        started = time.monotonic()
+        making = asyncio.create_task(partitions.ensure_partitions(maker, table, now=later))
+        await asyncio.sleep(0.05)
+        await writer.execute(  # a writer while the creation waits: it must not be held back for long
+            "INSERT INTO outbox (shard, event_id, event_type, topic, msg_key, payload) "
+            "VALUES (0, 'w:1', 'pinged', 't', 'w', '{}')",
+            timeout=2,
+        )
+        assert name not in await making
+        assert time.monotonic() - started < 2
+        await busy.rollback()
+        assert name in await partitions.ensure_partitions(maker, table, now=later)
+
+
+async def test_the_vacuum_job_leaves_the_partitioned_table_unlocked(pool: asyncpg.Pool) -> None:
+    """It vacuums the partitions, never the partitioned table itself (which would hold a lock on
+    it, for as long as the vacuum takes, that creating a partition waits for)."""
+    if await pool.fetchval("SELECT current_setting('autovacuum')::boolean"):
+        pytest.skip("the server vacuums: the job does nothing")
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_stat_reset()")
+        await vacuum_if_autovacuum_off(conn, ("outbox",))
+        parent = await conn.fetchval(
+            "SELECT coalesce(vacuum_count, 0) + coalesce(analyze_count, 0) FROM pg_stat_user_tables "
+            "WHERE relname = 'outbox'"
+        )
+        leaves = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE 'outbox\\_p%' AND vacuum_count > 0"
+        )
+    assert not parent
+    assert leaves >= partitions.OUTBOX.ahead + 1
+
+
 async def test_poison_events_are_isolated_dead_lettered_and_replayable(pool: asyncpg.Pool) -> None:
     good: list[str] = []
     fixed = False

@@ -206,9 +206,8 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
 
 VACUUM_TIMEOUT_S = 1800  # the pool's command timeout (30 s) would cancel it on a bloated table
 
-# Tables rewritten all day (status rows, cursors) and the insert-only ones whose statistics the
-# planner needs (without them it guesses, and a guess once hashed the whole ledger).
-CHURNING_TABLES = (
+# Tables rewritten all day (status rows, cursors, queues)...
+REWRITTEN_TABLES = (
     "outbox",
     "outbox_cursors",
     "payments",
@@ -217,9 +216,11 @@ CHURNING_TABLES = (
     "account_balances",
     "balance_horizon",
     "instance_leases",
-    "journal_entries",
-    "postings",
 )
+# ...and the insert-only ledger, whose statistics the planner needs (without them it guesses, and
+# a guess once hashed the whole ledger) but which leaves no dead rows: vacuumed less often.
+LEDGER_TABLES = ("journal_entries", "postings")
+CHURNING_TABLES = REWRITTEN_TABLES + LEDGER_TABLES
 
 
 async def vacuum_if_autovacuum_off(conn: asyncpg.Connection, tables: tuple[str, ...] = CHURNING_TABLES) -> list[str]:
@@ -230,5 +231,21 @@ async def vacuum_if_autovacuum_off(conn: asyncpg.Connection, tables: tuple[str, 
     the queue tables). Must run outside a transaction."""
     if await conn.fetchval("SELECT current_setting('autovacuum')::boolean"):
         return []
-    await conn.execute(f"VACUUM (ANALYZE, SKIP_LOCKED) {', '.join(tables)}", timeout=VACUUM_TIMEOUT_S)
+    for attempt in range(2):
+        # A partitioned table's partitions, not the table itself: vacuuming the parent would hold a
+        # lock on it for seconds that creating or dropping a partition must wait for — as
+        # autovacuum, which never processes partitioned parents either.
+        leaves = await conn.fetchval(
+            """SELECT array_agg(coalesce(i.inhrelid, c.oid)::regclass::text ORDER BY t.n)
+               FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)
+               JOIN pg_class c ON c.oid = to_regclass(t.name)
+               LEFT JOIN pg_inherits i ON i.inhparent = c.oid AND c.relkind = 'p'""",
+            list(tables),
+        )
+        try:
+            await conn.execute(f"VACUUM (ANALYZE, SKIP_LOCKED) {', '.join(leaves)}", timeout=VACUUM_TIMEOUT_S)
+            break
+        except asyncpg.UndefinedTableError:  # a partition was dropped meanwhile: list them again
+            if attempt:
+                raise
     return list(tables)

@@ -40,6 +40,9 @@ class PartitionedTable:
 
 
 OUTBOX = PartitionedTable("outbox", width_s=300, ahead=2)
+# How long creating or dropping a partition may wait for its table lock (the table's writers wait
+# behind it meanwhile); a run that could not have it tries again a minute later.
+DDL_LOCK_TIMEOUT_MS = 200
 IDEMPOTENCY_RESPONSES = PartitionedTable("idempotency_responses", width_s=86_400, ahead=1)
 TABLES = (OUTBOX, IDEMPOTENCY_RESPONSES)
 
@@ -77,12 +80,19 @@ async def ensure_partitions(conn: asyncpg.Connection, table: PartitionedTable, *
         end = start + timedelta(seconds=table.width_s)
         blocked = newest_default is not None and newest_default >= start
         if name not in existing and not blocked:
-            async with conn.transaction():
-                await conn.execute("SET LOCAL lock_timeout = '5s'")
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table.name} "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                )
+            # Creating a partition locks the whole table, and while it waits for that lock every
+            # writer queues behind it: wait briefly, else leave it to the next run (partitions are
+            # made `ahead` windows early, so a missed run costs nothing).
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
+                    await conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table.name} "
+                        f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+            except asyncpg.LockNotAvailableError:
+                log.info("table busy; creating its partition later", extra={"partition": name})
+                break
             created.append(name)
         start = end
     return created
@@ -106,7 +116,7 @@ async def drop_partitions(
             break  # later partitions are newer still: nothing beyond this one can go either
         try:
             async with conn.transaction():
-                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT_MS}ms'")
                 await conn.execute(f"DROP TABLE {name}")
         except asyncpg.LockNotAvailableError:
             log.info("partition busy; dropping it later", extra={"partition": name})

@@ -34,9 +34,21 @@ SELECT (SELECT horizon FROM h) AS horizon, coalesce(array_agg(account_code), '{}
 """
 
 
+# A check may read the whole ledger: longer than the pool's 30-s command timeout on a big one.
+CHECK_TIMEOUT_S = 600
+
+
 class PgBalanceStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def _check(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """A reconciliation query, on one backend: it runs beside live traffic, and parallel
+        workers reading the ledger took every core of a small machine from it for seconds."""
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=CHECK_TIMEOUT_S)
+            return rows
 
     async def fold(self) -> Folded | None:
         async with self._pool.acquire() as conn, pooled_session_lock(conn, NS_JOB, FOLD_JOB) as got:
@@ -81,7 +93,7 @@ class PgBalanceStore:
         )
 
     async def snapshot_drift(self) -> tuple[int, list[Drift]]:
-        rows = await self._pool.fetch(
+        rows = await self._check(
             """WITH h AS (SELECT folded_tx FROM balance_horizon),
                     expected AS (SELECT account_code, sum(signed_amount_minor)::bigint AS total
                                  FROM postings, h WHERE tx < h.folded_tx GROUP BY account_code)
@@ -97,7 +109,7 @@ class PgBalanceStore:
         return len(rows), drift
 
     async def trial_balance(self) -> list[TrialBalance]:
-        rows = await self._pool.fetch(
+        rows = await self._check(
             """SELECT currency,
                       coalesce(sum(amount_minor) FILTER (WHERE direction = 'DEBIT'), 0)::bigint AS debits,
                       coalesce(sum(amount_minor) FILTER (WHERE direction = 'CREDIT'), 0)::bigint AS credits
@@ -110,7 +122,7 @@ class PgBalanceStore:
         # journals are recorded a moment after the payment finishes: their authorization hold
         # must be fully captured or released. Reads the payments context's table:
         # reconciliation is a cross-context report.
-        rows = await self._pool.fetch(
+        rows = await self._check(
             """SELECT j.payment_id, a.account_type, sum(p.signed_amount_minor)::bigint AS net
                FROM payments pay
                JOIN journal_entries j ON j.payment_id = pay.payment_id
@@ -135,7 +147,7 @@ class PgBalanceStore:
         # payments that changed within the grace period are. What the ledger says is owed is the
         # account's exact balance (snapshot + postings above the horizon, which the snapshot
         # check vouches for) less those left out — found by index, never by reading the ledger.
-        rows = await self._pool.fetch(
+        rows = await self._check(
             """WITH recent AS (SELECT payment_id FROM payments
                                 WHERE updated_at >= now() - make_interval(secs => $1)),
                      captured AS (SELECT p.currency,
