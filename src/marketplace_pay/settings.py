@@ -75,12 +75,12 @@ class Process:
         factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
     )
     workers: int = setting(
-        0, "`serve` processes; 0: one per CPU core. From 2 on, half of them (rounded down) run the pipeline"
+        0, "`serve` processes; 0: one per CPU core, at most 4. From 2 on, half of them (rounded down) run the pipeline"
     )
     role: str = setting(
         "all",
         "what this process runs: `all`; `api` (the API only: no outbox shards, handlers or jobs); "
-        "`pipeline` (outbox shards, handlers and jobs). `serve --workers N` sets it per worker",
+        "`pipeline` (outbox shards, handlers and jobs). For one process; `serve --workers N` sets its workers' roles",
         choices=ROLES,
     )
     faults: str | None = setting(None, "crash points for fault tests, e.g. `relay.after_read=kill@2`")

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import pytest
 
 from marketplace_pay.infra.locks import NS_RELAY
 from tests.e2e.test_balances_process import reconcile_cli
@@ -105,3 +110,35 @@ async def test_one_api_worker_and_one_pipeline_worker_which_survives_a_kill(
 async def _all_shards_led_by(dsn: str, pid: int) -> bool:
     leaders = await shard_leaders(dsn)
     return sum(leaders.values()) == 32 and all(f"-{pid}:" in name for name in leaders)
+
+
+def test_workers_start_when_serve_is_pid_1(fresh_database: str, settings_for: Any, tmp_path: Path) -> None:
+    """In a container `serve` is pid 1: its workers must not take that for their parent's death."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "true"]).returncode != 0:
+        pytest.skip("cannot start a process in a new pid namespace here")
+    service = ServiceProcess(settings_for(fresh_database), workers=2)
+    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - kept open for the child
+    command = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "marketplace_pay.entrypoints.cli"]
+    proc = subprocess.Popen(
+        [*command, "serve", "--port", str(service.port), "--workers", "2"],
+        env=service.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{service.url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "never ready: " + (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(2)  # still serving: no worker died and was replaced meanwhile
+        assert httpx.get(f"{service.url}/health/ready", timeout=2).status_code == 200
+        assert "worker died" not in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)

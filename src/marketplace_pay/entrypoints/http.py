@@ -221,10 +221,13 @@ def _worker_setup() -> Settings:
     `kill -9` of the service must take its workers with it, as it takes a single process."""
     settings = Settings.from_env()
     setup_logging(settings.log.level, settings.log.format)
-    if os.environ.get("MP_SUPERVISED") == "1" and sys.platform == "linux":
+    supervisor = int(os.environ.get("MP_SUPERVISED", "0") or 0)  # the pid of `serve`
+    if supervisor and sys.platform == "linux":
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl: follow it
+        # The parent died before prctl: follow it. (Compared with its pid, not with 1: in a
+        # container `serve` itself is pid 1.)
+        if os.getppid() != supervisor:
             os.kill(os.getpid(), signal.SIGKILL)
     return settings
 

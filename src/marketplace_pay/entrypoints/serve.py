@@ -24,12 +24,15 @@ from marketplace_pay.infra.logs import setup_logging, startup_fields
 from marketplace_pay.infra.tracing_config import TracingConfigError, tracing_config
 from marketplace_pay.settings import Settings
 
+MAX_DEFAULT_WORKERS = 4
+
 
 def default_workers() -> int:
-    """One process per core. From two on, `serve` splits them into API and pipeline workers: on
-    the 2-core development machine, one of each (PostgreSQL on the same cores) accepted and
-    settled 30-60 % more than one process doing both, and more than two doing both."""
-    return max(1, os.cpu_count() or 1)
+    """One process per core this process may run on, at most 4 (each holds a pool of PostgreSQL
+    connections; more is a choice: `--workers`). From two on, `serve` splits them into API and
+    pipeline workers: on the 2-core development machine, one of each (PostgreSQL on the same
+    cores) accepted and settled 30-60 % more than one process doing both."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))
 
 
 def pipeline_workers(workers: int) -> int:
@@ -53,7 +56,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                     self._captured_signals.clear()
 
     setup_logging(settings.log.level, settings.log.format)
-    workers = args.workers or settings.process.workers or default_workers()
+    role = settings.process.role
+    # MP_ROLE is one process's role; with several workers `serve` gives them their roles itself
+    workers = args.workers or settings.process.workers or (default_workers() if role == "all" else 1)
+    if role != "all" and workers > 1:
+        sys.exit(
+            f"marketplace-pay: MP_ROLE={role} is the role of a single process; "
+            f"with --workers {workers} serve sets its workers' roles itself"
+        )
     try:
         tracing = tracing_config()
     except TracingConfigError as exc:
@@ -111,7 +121,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from marketplace_pay.infra.resources import resolve_services
 
     dsn, redis_url, embedded_redis = asyncio.run(resolve_services(settings))
-    os.environ.update(DATABASE_URL=dsn, REDIS_URL=redis_url, MP_SUPERVISED="1")
+    os.environ.update(DATABASE_URL=dsn, REDIS_URL=redis_url, MP_SUPERVISED=str(os.getpid()))
     if not settings.jwt.jwks_url:
         os.environ["MP_JWT_SECRET"] = resolve_jwt_secret(settings.jwt.secret, settings.process.data_dir)
 
@@ -147,6 +157,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 metrics.forget_processes({process.pid})
                 if process.exitcode == STARTUP_FAILURE:  # it would fail the same way again
                     serve_log.error("a worker failed to start; stopping", extra={"pid": process.pid})
+                    self.failed = True
                     self.should_exit.set()
                     return
                 serve_log.warning("worker died; replacing it", extra={"pid": process.pid})
@@ -154,11 +165,22 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 replacement.start()
                 self.processes[idx] = replacement
 
+        failed = False
+
+        def handle_ttin(self) -> None:  # uvicorn's "one more worker": the layout is fixed here
+            serve_log.warning("SIGTTIN ignored: the workers and their roles are set by --workers")
+
+        def handle_ttou(self) -> None:
+            serve_log.warning("SIGTTOU ignored: the workers and their roles are set by --workers")
+
         def restart_all(self) -> None:  # SIGHUP
             for idx, old in enumerate(self.processes):
                 replacement = Process(*slots[idx])
                 replacement.start()
                 if not replacement.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                    serve_log.error(
+                        "a new worker was not ready in time; the restart stops here", extra={"pid": old.pid}
+                    )
                     replacement.kill()
                     replacement.join()
                     return
@@ -167,11 +189,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 metrics.forget_processes({old.pid})
                 self.processes[idx] = replacement
 
+    supervisor = Supervisor(api, sockets=slots[0][1])
     try:
-        Supervisor(api, sockets=slots[0][1]).run()
+        supervisor.run()
     finally:
         if embedded_redis is not None:
             embedded_redis.stop()
         if metrics_dir_made and metrics_dir is not None:
             metrics.remove_multiprocess_dir(metrics_dir)
-    return 0
+    return 1 if supervisor.failed else 0
