@@ -192,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="processes sharing the port and the pipeline (default: MP_WORKERS, else one per two CPU cores)",
+        help="processes: API workers share the port, pipeline workers (half, rounded down) run the pipeline "
+        "(default: MP_WORKERS, else one per CPU core, at most 4)",
     )
     serve.set_defaults(fn=cmd_serve)
 

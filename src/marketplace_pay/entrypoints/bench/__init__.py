@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> None:
         help="--serve: the PSP simulator's scenario (default BEST_PSP_EVER, whatever MP_PSP_SCENARIO says)",
     )
     bench.add_argument(
-        "--workers", type=int, help="--serve: service processes (serve --workers; default: one per two cores)"
+        "--workers", type=int, help="--serve: service processes (serve --workers; default: one per core, at most 4)"
     )
     bench.add_argument("--duration", type=float, default=30.0, help="measured seconds (default 30)")
     bench.add_argument(
