@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -69,6 +70,15 @@ async def outbox_backlog(pool: Any) -> int:
             "SELECT count(*) FROM outbox o JOIN outbox_cursors c USING (shard) WHERE (o.tx, o.id) > (c.tx, c.id)"
         )
     )
+
+
+async def rows_of(dsn: str, query: str, *args: Any) -> list[Any]:
+    """One query on a connection of its own (for tests that watch a service from outside)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
 
 
 def auth(secret: str, *roles: str, seller: str | None = None, sub: str = "tests") -> dict[str, str]:

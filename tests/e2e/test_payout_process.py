@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, psp_calls
+from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, psp_calls, rows_of
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 BANK_ENV = {"MP_PAYOUT_BANK_TIMEOUT_MS": "300"}
@@ -151,13 +151,7 @@ async def test_killed_between_the_bank_call_and_its_answer_being_written(
 
 
 async def balances_of(dsn: str) -> dict[str, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT account_code, sum(signed_amount_minor) AS b FROM postings GROUP BY account_code"
-        )
-    finally:
-        await conn.close()
+    rows = await rows_of(dsn, "SELECT account_code, sum(signed_amount_minor) AS b FROM postings GROUP BY account_code")
     return {r["account_code"]: r["b"] for r in rows}
 
 

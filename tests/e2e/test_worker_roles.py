@@ -15,42 +15,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from marketplace_pay.infra.locks import NS_RELAY
 from tests.e2e.test_balances_process import reconcile_cli
 from tests.e2e.test_capture_process import assert_consistent, create, wait_settled
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, rows_of
 
 
 async def roles(dsn: str) -> dict[bool, int]:
     """Live workers by whether they lead outbox shards → pid (the lease holder is
     `<hostname>-<pid>#…` when no instance name is set)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT holder, relays FROM instance_leases WHERE heartbeat_at > now() - interval '3 seconds'"
-        )
-    finally:
-        await conn.close()
+    rows = await rows_of(
+        dsn, "SELECT holder, relays FROM instance_leases WHERE heartbeat_at > now() - interval '3 seconds'"
+    )
     return {r["relays"]: int(r["holder"].split("#")[0].rsplit("-", 1)[1]) for r in rows}
 
 
 async def shard_leaders(dsn: str) -> dict[str, int]:
     """application_name → how many outbox shards its session holds the lock of."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            """SELECT a.application_name, count(*) AS n FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-               WHERE l.locktype = 'advisory' AND l.classid::bigint = $1 AND l.granted AND l.database =
-                     (SELECT oid FROM pg_database WHERE datname = current_database())
-               GROUP BY 1""",
-            NS_RELAY,
-        )
-    finally:
-        await conn.close()
+    rows = await rows_of(
+        dsn,
+        """SELECT a.application_name, count(*) AS n FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.locktype = 'advisory' AND l.classid::bigint = $1 AND l.granted AND l.database =
+                 (SELECT oid FROM pg_database WHERE datname = current_database())
+           GROUP BY 1""",
+        NS_RELAY,
+    )
     return {r["application_name"]: r["n"] for r in rows}
 
 
