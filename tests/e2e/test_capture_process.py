@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from marketplace_pay.shared.ids import public_payment_order_id
-from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, psp_calls
+from tests.harness import ServiceProcess, auth, outbox_backlog, payment_body, psp_calls, rows_of
 
 SELLERS = ["SELLER-111", "SELLER-222", "SELLER-333"]
 
@@ -260,7 +260,10 @@ async def test_a_restart_under_the_same_instance_name_strands_nothing(
         return accepted
 
     load = asyncio.create_task(burst())
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while not (await rows_of(fresh_database, "SELECT 1 FROM payments LIMIT 1")):  # the burst has begun
+        assert time.monotonic() < deadline, "no payment was written"
+        await asyncio.sleep(0.02)
     service.kill()  # mid-burst
     await load
     service.start()
