@@ -147,29 +147,35 @@ def bootstrap(
     treasury = wire_treasury(s, ports, bank=bank, clock=clock, rng=rng)
     balances = wire_balances(ports, ledger=ledger, clock=clock)
 
+    # An API-only process: the pipeline (handlers, jobs) runs in other processes; its relay only
+    # wakes theirs.
+    pipeline = s.process.role != "api"
     relay = None
-    jobs = [*payments_jobs(s, payments), *treasury_jobs(s, treasury), *balances_jobs(s, balances)]
-    jobs.append(
-        Job(
-            "ledger-redrive-refund-recordings",
-            max(1000, s.sweep.stuck_after_s * 250),
-            redrive_refund_recordings(s, ports.dead_letters, clock),
-            exclusive=True,
+    jobs: list[Job] = []
+    if pipeline:
+        jobs = [*payments_jobs(s, payments), *treasury_jobs(s, treasury), *balances_jobs(s, balances)]
+        jobs.append(
+            Job(
+                "ledger-redrive-refund-recordings",
+                max(1000, s.sweep.stuck_after_s * 250),
+                redrive_refund_recordings(s, ports.dead_letters, clock),
+                exclusive=True,
+            )
         )
-    )
     if isinstance(stores, Resources) and stores.locks is not None:
         relay = wake.relay = make_relay(s, stores, bus)
-        jobs += delivery_jobs(s, stores, relay, ports.dead_letters)
+        jobs += delivery_jobs(s, stores, relay, ports.dead_letters) if pipeline else [relay_job(relay)]
     batch = s.handler.batch_max
-    subscriptions = [
-        *payments.subscriptions(batch_max=batch),
-        *ledger.subscriptions(batch_max=batch),
-        *treasury.subscriptions(batch_max=batch),
-        *balances.subscriptions(batch_max=batch),
-    ]
-    if s.process.role == "api":  # the API only: the pipeline (handlers, jobs) runs elsewhere
-        subscriptions = []
-        jobs = [relay_job(relay)] if relay is not None else []
+    subscriptions = (
+        [
+            *payments.subscriptions(batch_max=batch),
+            *ledger.subscriptions(batch_max=batch),
+            *treasury.subscriptions(batch_max=batch),
+            *balances.subscriptions(batch_max=batch),
+        ]
+        if pipeline
+        else []
+    )
     return Container(
         settings=s,
         clock=clock,

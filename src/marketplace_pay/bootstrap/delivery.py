@@ -37,15 +37,17 @@ def make_bus(s: Settings, dead_letters: DeadLetters, *, topics: Sequence[str] = 
 
 
 def make_relay(s: Settings, resources: Resources, bus: EventBus) -> OutboxRelay:
+    leads = s.process.role != "api"
     return OutboxRelay(
         resources.pool,
         bus,
         locks=resources.locks,
-        live_instances=partial(live_instances, resources.pool),
+        # an API-only process leads no shard: it need not count the others every second
+        live_instances=partial(live_instances, resources.pool) if leads else None,
         batch_size=s.outbox.batch_size,
         poll_ms=s.outbox.poll_ms,
         inflight_max=s.outbox.inflight_max,
-        leads_shards=s.process.role != "api",
+        leads_shards=leads,
     )
 
 
