@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from marketplace_pay.balances.application.reconcile import record_drift
 from marketplace_pay.balances.domain.balance import Check, Drift
@@ -69,3 +70,32 @@ def test_serve_makes_a_fresh_directory_or_empties_the_operators(
     path, fresh = metrics.prepare_multiprocess_dir(tmp_path)
     assert (path, fresh) == (chosen, False)
     assert sorted(p.name for p in chosen.iterdir()) == ["notes.txt"]
+
+
+_FORKED_WORKER = """
+import os, sys
+from marketplace_pay.infra import metrics
+metrics.STUCK_REDRIVEN.inc()
+child = os.fork()
+if child == 0:
+    metrics.STUCK_REDRIVEN.inc()
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.getpid(), child)
+"""
+
+
+def test_with_several_workers_each_process_writes_its_own_file_even_after_a_fork(tmp_path: Path) -> None:
+    """The process id is not asked on every update but kept: a forked child must still notice
+    that it is another process and write a file of its own (summing the parent's would double)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, metrics.MULTIPROC_DIR_ENV: str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _FORKED_WORKER], env=env, capture_output=True, text=True, check=True)
+    parent, child = out.stdout.split()
+    counters = {p.name for p in tmp_path.iterdir() if p.name.startswith("counter_")}
+    assert counters == {f"counter_{parent}.db", f"counter_{child}.db"}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("marketplace_pay_stuck_payment_orders_redriven_total") == 2

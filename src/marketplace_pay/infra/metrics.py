@@ -30,10 +30,30 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _P = "marketplace_pay_"
+
+# With several workers every metric update asks the process id, to notice a fork that would
+# need fresh files; that is a system call per update, a dozen per payment. The id is kept here
+# instead and refreshed in a forked child, which is the only way it can change.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+def _cached_pid() -> int:
+    return _pid
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+if os.environ.get(MULTIPROC_DIR_ENV):  # the metrics below are created after this line
+    values.ValueClass = values.MultiProcessValue(process_identifier=_cached_pid)  # type: ignore[no-untyped-call]
 
 # -- HTTP ---------------------------------------------------------------------------------------
 
