@@ -153,6 +153,12 @@ async def test_orders_are_created_once_and_only_waiting_ones_come_back(orders: O
     await orders.store.save_attempts([answered(waiting[0], CaptureResult.UNKNOWN)], [])
     after = await orders.store.open_orders(new)
     assert [o.payment_order_id for o in after] == [waiting[1].payment_order_id]  # the attempted one moved on
+    # a batch of new orders and a repeat of old ones: the new are created, the waiting old come back
+    _, more = await authorized_payment(orders, 500)
+    mixed = await orders.store.open_orders([*more, *new])
+    assert sorted(o.payment_order_id for o in mixed) == sorted(
+        [more[0].order.payment_order_id, waiting[1].payment_order_id]
+    )
 
 
 async def test_attempts_are_saved_guarded_and_finish_the_payment_with_their_events(orders: Orders) -> None:

@@ -43,6 +43,10 @@ def _order(row: asyncpg.Record) -> PaymentOrder:
     )
 
 
+# New orders, and those of a redelivered event that were written before and not yet attempted.
+# The second part is skipped when every order was new (the common case), and it looks orders up
+# by primary key only: left to itself the planner intersected the key lookups with a scan of the
+# whole open-orders index, which grows with the backlog, on every batch.
 _OPEN_ORDERS = f"""
 WITH ins AS (
     INSERT INTO payment_orders ({_ORDER_COLUMNS}, trace_id, traceparent)
@@ -54,8 +58,12 @@ WITH ins AS (
 )
 SELECT * FROM ins
 UNION ALL
-SELECT {_ORDER_COLUMNS} FROM payment_orders
-WHERE payment_order_id = ANY($1::bigint[]) AND status = 'CAPTURE_REQUESTED' AND retry_count = 0
+SELECT {_ORDER_COLUMNS} FROM (
+    SELECT {_ORDER_COLUMNS} FROM payment_orders
+    WHERE payment_order_id = ANY($1::bigint[]) AND (SELECT count(*) FROM ins) < cardinality($1::bigint[])
+    OFFSET 0
+) o
+WHERE status = 'CAPTURE_REQUESTED' AND retry_count = 0
 """
 
 # Guarded on each order's state before; a finished order rolls its payment up — the same rule as
