@@ -40,6 +40,21 @@ def test_java_hash_overflows_like_java() -> None:
     )
 
 
+def _java_hash_by_definition(text: str) -> int:
+    h = 0
+    data = text.encode("utf-16-be", "surrogatepass")
+    for i in range(0, len(data), 2):
+        h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+@pytest.mark.parametrize(
+    "text", ["x" * 63, "x" * 64, "x" * 65, "BUYER-1:" + "ö" * 500, "\U0001f600" * 100, "漢字" * 77 + "\uffff"]
+)
+def test_java_hash_of_long_and_non_ascii_text_is_the_definition(text: str) -> None:
+    assert java_string_hash(text) == _java_hash_by_definition(text)
+
+
 def test_layout_worked_example() -> None:
     # ts offset 1000 ms, region (here: instance) 1, node (shard) 3, seq 0 → 4194447360
     gen = SnowflakeGenerator(1, clock_ms=lambda: EPOCH_MS + 1000)
