@@ -39,6 +39,13 @@ async def test_entries_are_idempotent_and_order_free(overlay: Any) -> None:
     assert sorted(await overlay.accounts()) == ["A", "B"]
 
 
+async def test_many_entries_of_one_account_in_one_batch(overlay: Any) -> None:
+    entries = [e("A", 10 + i, i, (-1) ** i * i) for i in range(1, 40)] + [e("B", 5, 1, 1)]
+    assert await overlay.apply(entries) == 40
+    assert sorted(await overlay.entries("A")) == sorted(entries[:-1])
+    assert await overlay.apply(entries[::-1]) == 0
+
+
 async def test_prune_drops_entries_below_the_horizon_and_refuses_later_ones(overlay: Any) -> None:
     await overlay.apply([e("A", 10, 1, 10), e("A", 50, 5, 20), e("B", 20, 2, 30), e("A", 30, 3, 1)])
     await overlay.prune(30, ["A"])  # transactions below 30 are folded

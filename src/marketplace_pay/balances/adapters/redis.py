@@ -13,14 +13,23 @@ import redis.exceptions
 from marketplace_pay.balances.application.ports import OverlayUnavailable
 from marketplace_pay.balances.domain.balance import Entry
 
-# KEYS = [horizon, account key, account key, ...]; ARGV = [tx, member, tx, member, ...]
+# KEYS = [horizon, account key, ...]; ARGV = per account key, its "<tx> <member>" pairs joined by
+# spaces (one string per account rather than two arguments per entry: the client's cost of
+# encoding a command grows with its argument count, and a batch has a dozen entries per payment
+# on a handful of accounts).
 _APPLY = """
 local horizon = tonumber(redis.call('GET', KEYS[1]) or '0')
 local added = 0
 for i = 2, #KEYS do
-  local tx = tonumber(ARGV[2 * i - 3])
-  if tx >= horizon then
-    added = added + redis.call('ZADD', KEYS[i], tx, ARGV[2 * i - 2])
+  local zargs = {}
+  for tx, member in string.gmatch(ARGV[i - 1], '(%S+) (%S+)') do
+    if tonumber(tx) >= horizon then
+      zargs[#zargs + 1] = tx
+      zargs[#zargs + 1] = member
+    end
+  end
+  if #zargs > 0 then
+    added = added + redis.call('ZADD', KEYS[i], unpack(zargs))
   end
 end
 return added
@@ -57,11 +66,11 @@ class RedisBalanceOverlay:
         added = 0
         try:
             for i in range(0, len(entries), self._chunk):  # each chunk is one atomic script
-                part = entries[i : i + self._chunk]
-                args: list[str | int] = []
-                for e in part:
-                    args += [e.tx, f"{e.seq}:{e.signed_amount_minor}"]
-                keys = [self.horizon_key, *(self._key(e.account_code) for e in part)]
+                by_account: dict[str, list[str]] = {}
+                for e in entries[i : i + self._chunk]:
+                    by_account.setdefault(e.account_code, []).append(f"{e.tx} {e.seq}:{e.signed_amount_minor}")
+                keys = [self.horizon_key, *(self._key(code) for code in by_account)]
+                args = [" ".join(pairs) for pairs in by_account.values()]
                 added += int(await self._apply(keys=keys, args=args))
         except _UNAVAILABLE as exc:
             raise OverlayUnavailable(repr(exc)) from exc
