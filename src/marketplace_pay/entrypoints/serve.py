@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from marketplace_pay.entrypoints.http_protocol import CoalescingHttpToolsProtocol
 from marketplace_pay.infra import metrics
 from marketplace_pay.infra.logs import setup_logging, startup_fields
 from marketplace_pay.infra.tracing_config import TracingConfigError, tracing_config
@@ -88,7 +89,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": CoalescingHttpToolsProtocol,  # httptools, one write per response
         "lifespan": "on",
         "log_config": None,
         "access_log": False,
