@@ -236,6 +236,46 @@ async def test_the_database_refuses_to_change_the_ledger(fresh_database: str, se
                     )
 
 
+async def test_one_bad_posting_among_many_journals_of_a_statement_is_refused(
+    fresh_database: str, settings_for: Any
+) -> None:
+    """The posting check looks each journal and account up once per statement: a bad posting
+    still fails the whole statement, wherever it is in the batch."""
+    journals = [f"ADJ:batch-{i}" for i in range(50)]
+    good = [
+        ("PLATFORM_CASH.GLOBAL.EUR", "DEBIT", 100, 100, "EUR"),
+        ("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 100, -100, "EUR"),
+    ]
+    cases = [
+        (("NOPE.GLOBAL.EUR", "CREDIT", 100, -100, "EUR"), "does not exist"),  # no such account
+        (("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 100, -100, "USD"), "currency"),  # not the account's currency
+        (("PSP_RECEIVABLES.GLOBAL.EUR", "CREDIT", 100, 100, "EUR"), "signed amount"),  # wrong sign
+    ]
+    sql = """
+        WITH j AS (
+            INSERT INTO journal_entries (journal_id, journal_type, name, currency, source_event_id)
+            SELECT id, 'ADJUSTMENT', 'test', 'EUR', 'manual' FROM unnest($1::text[]) AS id RETURNING journal_id, seq
+        )
+        INSERT INTO postings (journal_id, seq, account_code, direction, amount_minor, signed_amount_minor, currency)
+        SELECT x.j, j.seq, x.a, x.d, x.m, x.s, x.c
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[]) AS x(j, a, d, m, s, c)
+        JOIN j ON j.journal_id = x.j
+    """
+    async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
+        conn: asyncpg.Connection
+        async with svc.resources.pool.acquire() as conn:
+            for bad, message in cases:
+                rows = [(j, *p) for j in journals for p in good]
+                rows[61] = (journals[30], *bad)  # the second posting of the 31st journal
+                with pytest.raises(asyncpg.CheckViolationError, match=message):
+                    async with conn.transaction():
+                        await conn.execute(sql, journals, *[list(c) for c in zip(*rows, strict=True)])
+            async with conn.transaction():  # and the same batch without it is recorded
+                rows = [(j, *p) for j in journals for p in good]
+                await conn.execute(sql, journals, *[list(c) for c in zip(*rows, strict=True)])
+            assert await conn.fetchval("SELECT count(*) FROM postings WHERE journal_id LIKE 'ADJ:batch-%'") == 100
+
+
 async def test_a_seller_reads_its_own_balance_and_statement_only(fresh_database: str, settings_for: Any) -> None:
     async with start_service(fast(settings_for, fresh_database, psp_scenario="BEST_PSP_EVER")) as svc:
         await pay_many(svc, 5, seed=5)
