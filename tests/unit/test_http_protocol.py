@@ -9,17 +9,34 @@ from typing import Any
 
 import uvicorn
 
-from marketplace_pay.entrypoints.http_protocol import CoalescingHttpToolsProtocol, _CoalescingTransport
+from marketplace_pay.entrypoints.http_protocol import (
+    COALESCE_MAX_BYTES,
+    CoalescingHttpToolsProtocol,
+    _CoalescingTransport,
+)
 from tests.services import free_port
 
 
 class RecordingTransport:
-    def __init__(self) -> None:
+    def __init__(self, *, refuse: bool = False) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.aborted = False
+        self.refuse = refuse
 
     def write(self, data: bytes) -> None:
+        if self.refuse:
+            raise RuntimeError("the socket is gone")
         self.writes.append(data)
+
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -54,6 +71,29 @@ async def test_closing_writes_what_is_pending_first_and_nothing_is_written_after
     transport.write(b"too late")
     await asyncio.sleep(0)
     assert real.writes == [b"last answer"]
+
+
+async def test_a_large_write_and_the_end_of_stream_go_out_at_once_in_order() -> None:
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    big = b"x" * COALESCE_MAX_BYTES
+    transport.write(big)  # nothing pending: straight through, not copied
+    assert real.writes == [big]
+    transport.write(b"head")
+    assert transport.get_write_buffer_size() == 4
+    transport.write(big)  # pending and large: both at once, in order
+    assert real.writes[1:] == [b"head" + big]
+    transport.write(b"tail")
+    transport.write_eof()
+    assert real.writes[2:] == [b"tail", b"<eof>"]
+
+
+async def test_a_write_the_socket_refuses_closes_the_connection() -> None:
+    real = RecordingTransport(refuse=True)
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"answer")
+    await asyncio.sleep(0)  # the deferred write fails: the client must not wait for nothing
+    assert real.aborted
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:

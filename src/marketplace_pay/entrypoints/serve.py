@@ -90,6 +90,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         "port": args.port,
         "loop": "uvloop",
         "http": CoalescingHttpToolsProtocol,  # httptools, one write per response
+        "ws": "none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
         "lifespan": "on",
         "log_config": None,
         "access_log": False,
