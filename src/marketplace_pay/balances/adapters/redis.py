@@ -51,7 +51,13 @@ _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 
 class RedisBalanceOverlay:
+    # Redis's Lua unpacks at most 7,999 values at once: one account's entries of a chunk (two
+    # values each) must stay below that.
+    CHUNK_MAX = 3000
+
     def __init__(self, client: aioredis.Redis, *, prefix: str, chunk: int = 2000) -> None:
+        if not 0 < chunk <= self.CHUNK_MAX:
+            raise ValueError(f"chunk must be 1..{self.CHUNK_MAX} entries, got {chunk}")
         self._redis = client
         self._account_prefix = f"{prefix}bal:o:"
         self.horizon_key = f"{prefix}bal:horizon"
