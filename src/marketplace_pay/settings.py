@@ -85,6 +85,12 @@ class Process:
     )
     faults: str | None = setting(None, "crash points for fault tests, e.g. `relay.after_read=kill@2`")
 
+    @property
+    def runs_pipeline(self) -> bool:
+        """Whether this process leads outbox shards and runs the handlers and jobs: every role
+        but `api`, whose process only answers requests and wakes the others' relays."""
+        return self.role != "api"
+
 
 @dataclass(frozen=True, slots=True)
 class Jwt:

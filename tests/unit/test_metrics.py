@@ -73,7 +73,7 @@ def test_serve_makes_a_fresh_directory_or_empties_the_operators(
 
 
 _FORKED_WORKER = """
-import os, sys
+import os
 from marketplace_pay.infra import metrics
 metrics.STUCK_REDRIVEN.inc()
 child = os.fork()

@@ -147,9 +147,7 @@ def bootstrap(
     treasury = wire_treasury(s, ports, bank=bank, clock=clock, rng=rng)
     balances = wire_balances(ports, ledger=ledger, clock=clock)
 
-    # An API-only process: the pipeline (handlers, jobs) runs in other processes; its relay only
-    # wakes theirs.
-    pipeline = s.process.role != "api"
+    pipeline = s.process.runs_pipeline  # else the handlers and jobs run in other processes
     relay = None
     jobs: list[Job] = []
     if pipeline:

@@ -37,7 +37,7 @@ def make_bus(s: Settings, dead_letters: DeadLetters, *, topics: Sequence[str] = 
 
 
 def make_relay(s: Settings, resources: Resources, bus: EventBus) -> OutboxRelay:
-    leads = s.process.role != "api"
+    leads = s.process.runs_pipeline
     return OutboxRelay(
         resources.pool,
         bus,

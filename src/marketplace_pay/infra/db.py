@@ -237,7 +237,8 @@ async def vacuum_if_autovacuum_off(conn: asyncpg.Connection, tables: tuple[str, 
     some development and CI machines): otherwise every claim, status change and pruned row
     leaves a dead tuple behind for good, the queue tables bloat, and queries slow down as they
     grow. Returns the tables vacuumed; none when autovacuum is on (migration 008 tunes it for
-    the queue tables). Must run outside a transaction."""
+    the queue tables). The insert-only queue partitions are not vacuumed but analyzed when they
+    have doubled (`analyze_changed_partitions`). Must run outside a transaction."""
     if await conn.fetchval("SELECT current_setting('autovacuum')::boolean"):
         return []
     for attempt in range(2):

@@ -118,7 +118,7 @@ async def open_resources(settings: Settings) -> Resources:
     pool = await create_pool(dsn, min_size=settings.db.pool_min, max_size=settings.db.pool_max, application_name=name)
     locks = SessionLocks(dsn, application_name=name)
     await locks.start()
-    ids = LeasedIdGenerator(locks, holder=settings.process.instance_name, relays=settings.process.role != "api")
+    ids = LeasedIdGenerator(locks, holder=settings.process.instance_name, relays=settings.process.runs_pipeline)
     await ids.acquire()
     ids.start()
     client = redis_client(redis_url)
